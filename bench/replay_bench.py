@@ -1,0 +1,173 @@
+"""How fast is replay compared with just parsing the log?
+
+    $ python bench/replay_bench.py [--events 1000000] [--writers 8] [--keep DIR]
+
+Writes a synthetic event log to a temp dir (cohorts; drafts, essays and evaluations with
+retries, parse failures and LLM failures mixed in), then times (1) reading and json.loads of
+every line - the floor - and (2) a full replay to CSV tables. ``main(argv)`` returns the
+numbers as a dict for bench/run_all.py.
+"""
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.events import SCHEMA_VERSION, iter_segments  # noqa: E402
+from pipeline.replay import replay  # noqa: E402
+
+MEMBER_FIELDS = ["stage", "gen_id", "parent_gen_id", "combo_id", "template_id", "llm_model_id",
+                 "replicate"]
+CHAINS_PER_COHORT = 500
+EVALS_PER_ESSAY = 3
+
+
+class _Writer:
+    """Buffers one synthetic segment; ts advances a little per event, like a real worker."""
+
+    def __init__(self, path, start):
+        self.path, self.now, self.lines, self.count = path, start, [], 0
+
+    def emit(self, type, **fields):
+        self.now += timedelta(microseconds=random.randint(1, 5000))
+        event = {"event_id": uuid.uuid4().hex, "schema": SCHEMA_VERSION,
+                 "ts": self.now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "type": type,
+                 "cohort_id": None, "stage": None, "gen_id": None}
+        event.update(fields)
+        self.lines.append(json.dumps(event, separators=(",", ":")))
+        self.count += 1
+
+    def flush(self):
+        with open(self.path, "a") as fh:
+            fh.write("\n".join(self.lines) + "\n")
+        self.lines = []
+
+
+def _run_generation(w, cohort, lin, rng, score=False):
+    w.emit("generation_started", cohort_id=cohort, **lin)
+    attempts = 1
+    if rng.random() < 0.05:  # transient failure, then retry
+        w.emit("llm_call_failed", cohort_id=cohort, stage=lin["stage"], gen_id=lin["gen_id"],
+               llm_model_id=lin["llm_model_id"], attempt=1, status=429, error_class="RateLimited",
+               message="rate limited", will_retry=True, delay_s=2.0)
+        attempts = 2
+    if rng.random() < 0.02:  # permanent failure
+        w.emit("generation_failed", cohort_id=cohort, **lin, error_class="LLMError", error="HTTP 500")
+        return
+    if score:
+        if rng.random() < 0.03:
+            w.emit("parse_failed", cohort_id=cohort, stage="evaluation", gen_id=lin["gen_id"],
+                   parser="in_last_line", reason="no score found")
+            w.emit("generation_failed", cohort_id=cohort, **lin, error_class="ParseError",
+                   error="no score found")
+            return
+        w.emit("score_parsed", cohort_id=cohort, stage="evaluation", gen_id=lin["gen_id"],
+               score=round(rng.uniform(0, 9), 1), scale="0-9", parser="in_last_line")
+    gen_id = lin["gen_id"]
+    w.emit("generation_completed", cohort_id=cohort, **lin, provider_model=f"prov/{lin['llm_model_id']}",
+           finish_reason="stop", prompt_tokens=rng.randint(200, 3000),
+           completion_tokens=rng.randint(100, 2000), cost=round(rng.uniform(0.001, 0.05), 6),
+           duration_s=round(rng.uniform(1, 60), 3), attempts=attempts,
+           raw_path=f"data/gens/{lin['stage']}/{gen_id}/raw.txt",
+           parsed_path=f"data/gens/{lin['stage']}/{gen_id}/parsed.txt",
+           raw_sha256=uuid.uuid4().hex * 2, source="run", copy=False)
+
+
+def generate(events_dir, n_events, writers=8, seed=0) -> int:
+    """Write about ``n_events`` events (at least) across ``writers`` segments; return the count."""
+    rng = random.Random(seed)
+    random.seed(seed)
+    start = datetime(2025, 1, 1, tzinfo=timezone.utc)
+    day = events_dir / "2025-01-01"
+    day.mkdir(parents=True, exist_ok=True)
+    ws = [_Writer(day / f"bench-{1000 + i}-20250101T000000000000Z-{i:04x}.jsonl", start)
+          for i in range(writers)]
+    templates = ["creative-synthesis-v10", "deliberate-rolling-thread", "essay-theme-v2"]
+    llms = ["sonnet-4", "gemini-25-pro", "deepseek-r1", "qwen3-235b"]
+    evaluators = [("daydreaming-verification-v2", "sonnet-4"), ("novelty", "gemini-25-pro"),
+                  ("o3-prior-art", "deepseek-r1")]
+    chain = 0
+    while sum(w.count for w in ws) < n_events:
+        cohort = f"cohort-{chain // CHAINS_PER_COHORT:04d}"
+        members, chains = [], []
+        for c in range(chain, chain + CHAINS_PER_COHORT):
+            combo = f"combo_v1_{c:08x}"
+            draft = dict(stage="draft", gen_id=f"d_{c:012x}", parent_gen_id=None, combo_id=combo,
+                         template_id=rng.choice(templates), llm_model_id=rng.choice(llms), replicate=1)
+            essay = dict(draft, stage="essay", gen_id=f"e_{c:012x}", parent_gen_id=draft["gen_id"],
+                         template_id="essay-" + draft["template_id"])
+            evals = [dict(essay, stage="evaluation", gen_id=f"v_{c:012x}_{k}", parent_gen_id=essay["gen_id"],
+                          template_id=t, llm_model_id=m) for k, (t, m) in enumerate(evaluators)]
+            members += [[g[f] for f in MEMBER_FIELDS] for g in (draft, essay, *evals)]
+            chains.append((draft, essay, evals))
+        chain += CHAINS_PER_COHORT
+        ws[0].emit("cohort_built", cohort_id=cohort, spec_hash=uuid.uuid4().hex,
+                   catalog_hash=uuid.uuid4().hex,
+                   counts={"draft": len(chains), "essay": len(chains),
+                           "evaluation": len(chains) * EVALS_PER_ESSAY},
+                   member_fields=MEMBER_FIELDS, members=members)
+        for i, (draft, essay, evals) in enumerate(chains):
+            w = ws[i % len(ws)]
+            _run_generation(w, cohort, draft, rng)
+            _run_generation(w, cohort, essay, rng)
+            for ev in evals:
+                _run_generation(w, cohort, ev, rng, score=True)
+        for w in ws:
+            w.flush()
+    return sum(w.count for w in ws)
+
+
+def parse_floor(events_dir) -> int:
+    """Read every segment and json.loads every line: the least any replay must do."""
+    n = 0
+    for path in iter_segments(events_dir):
+        for line in path.read_bytes().decode("utf-8").split("\n"):
+            if line:
+                json.loads(line)
+                n += 1
+    return n
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--keep", type=Path, help="generate into this dir and keep it")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp:
+        root = args.keep or Path(tmp)
+        events_dir = root / "events"
+        t0 = time.perf_counter()
+        n = generate(events_dir, args.events, writers=args.writers)
+        gen_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        parsed = parse_floor(events_dir)
+        floor_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        stats = replay(events_dir, root / "tables")
+        replay_s = time.perf_counter() - t0
+    assert parsed == n == stats.read.events, (parsed, n, stats.read.events)
+
+    result = {"events": n, "generate_s": round(gen_s, 3), "floor_s": round(floor_s, 3),
+              "replay_s": round(replay_s, 3), "events_per_s": round(n / replay_s),
+              "ratio_replay_to_floor": round(replay_s / floor_s, 2)}
+    print(f"events:            {n:,}")
+    print(f"floor (read+json): {floor_s:.2f} s")
+    print(f"replay:            {replay_s:.2f} s")
+    print(f"events/s:          {n / replay_s:,.0f}")
+    print(f"replay / floor:    {replay_s / floor_s:.2f}x")
+    print(f"rows:              {stats.rows}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

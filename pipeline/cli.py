@@ -1,0 +1,163 @@
+"""The ``daydream`` command: look at cohorts and results without running Luigi.
+
+    daydream plan demo              # what RunCohort would do, nothing is written
+    daydream status demo            # per stage: total, done, failed, pending
+    daydream parse-score FILE...    # check a score parser against saved responses
+    daydream replay                 # rebuild data/tables from the event log
+    daydream rebuild-log            # backfill events for generations made without them
+    daydream compare A B            # templates and models across cohorts
+    daydream regenerate STAGE ID    # pay again for one generation, on purpose
+"""
+import argparse
+import sys
+
+from .errors import PipelineError
+from .paths import Paths
+
+
+def _paths(args):
+    return Paths.from_config(args.data_root, args.raw_root, args.cohorts_root)
+
+
+def _add_roots(parser):
+    parser.add_argument("--data-root", help="data folder (default: luigi.cfg [pipeline] data_root, or data)")
+    parser.add_argument("--raw-root", help="catalog folder (default: <data-root>/1_raw)")
+    parser.add_argument("--cohorts-root", help="cohort specs folder (default: cohorts)")
+
+
+def cmd_plan(args):
+    from .catalog import load_catalog
+    from .membership import compile_cohort
+    from .store import pending
+
+    paths = _paths(args)
+    catalog = load_catalog(paths)
+    cohort = compile_cohort(paths, args.cohort_id, catalog)
+    todo = {r["gen_id"] for r in pending(paths, cohort.rows)}
+    print(f"cohort {args.cohort_id}: {cohort.spec_path} against catalog {paths.raw_root}")
+    print(f"{'stage':<12}{'generations':>12}{'LLM calls':>11}{'done':>8}{'to run':>8}")
+    total_calls = total_todo = 0
+    for stage in ("draft", "essay", "evaluation"):
+        rows = [r for r in cohort.rows if r["stage"] == stage]
+        calls = [r for r in rows if catalog.templates[stage][r["template_id"]].generator == "llm"]
+        left = sum(1 for r in calls if r["gen_id"] in todo)
+        total_calls += len(calls)
+        total_todo += left
+        print(f"{stage:<12}{len(rows):>12}{len(calls):>11}{len(calls) - left:>8}{left:>8}")
+    print(f"LLM calls: {total_calls} in all, {total_calls - total_todo} already done, {total_todo} to make")
+    print("\nfirst rows:")
+    for row in cohort.rows[: args.rows]:
+        print("  " + "  ".join(str(row[k]) for k in ("stage", "gen_id", "parent_gen_id", "combo_id",
+                                                       "template_id", "llm_model_id", "replicate")))
+    return 0
+
+
+def cmd_status(args):
+    from .membership import read_membership
+    from .store import stage_status
+
+    paths = _paths(args)
+    rows = read_membership(paths.membership_csv(args.cohort_id))
+    status = stage_status(paths, rows)
+    print(f"{'stage':<12}{'total':>8}{'done':>8}{'failed':>8}{'pending':>9}")
+    for stage, s in status.items():
+        print(f"{stage:<12}{s['total']:>8}{s['done']:>8}{s['failed']:>8}{s['pending']:>9}")
+    failures = [(stage, g, e) for stage, s in status.items() for g, e in s["failures"]]
+    if failures:
+        print(f"\nfailed ({len(failures)}):")
+        for stage, gen_id, error in failures[: args.failures]:
+            print(f"  {stage} {gen_id}: {error.splitlines()[0][:200] if error else ''}")
+        if len(failures) > args.failures:
+            print(f"  ... and {len(failures) - args.failures} more")
+    return 1 if failures else 0
+
+
+def cmd_parse_score(args):
+    from .parsers import parse_score_main
+
+    return parse_score_main(args.rest)
+
+
+def cmd_replay(args):
+    from .replay import replay_main
+
+    return replay_main(args.rest)
+
+
+def cmd_rebuild_log(args):
+    from .backfill import backfill
+
+    paths = _paths(args)
+    n = backfill(paths)
+    print(f"wrote {n} backfill event(s) to {paths.events_dir}")
+    return 0
+
+
+def cmd_compare(args):
+    from .reports import compare_cohorts
+
+    print(compare_cohorts(_paths(args), args.cohort_ids))
+    return 0
+
+
+def cmd_regenerate(args):
+    from .regenerate import regenerate
+
+    paths = _paths(args)
+    moved = regenerate(paths, args.stage, args.gen_id)
+    for line in moved:
+        print(line)
+    print(f"{args.stage} {args.gen_id} and its dependents will be generated again by the next run")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="preview a cohort: counts, LLM calls, first rows")
+    p.add_argument("cohort_id")
+    p.add_argument("--rows", type=int, default=10)
+    _add_roots(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("status", help="per stage: total, done, failed, pending")
+    p.add_argument("cohort_id")
+    p.add_argument("--failures", type=int, default=20, help="failures to list")
+    _add_roots(p)
+    p.set_defaults(func=cmd_status)
+
+    for name, func, text in (("parse-score", cmd_parse_score, "print the score of saved evaluation responses"),
+                             ("replay", cmd_replay, "rebuild data/tables from the event log")):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("rebuild-log", help="write backfill events for generations that have files but no events")
+    _add_roots(p)
+    p.set_defaults(func=cmd_rebuild_log)
+
+    p = sub.add_parser("compare", help="compare templates and models across cohorts")
+    p.add_argument("cohort_ids", nargs="+")
+    _add_roots(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("regenerate", help="archive a generation's response and regenerate it (and its dependents)")
+    p.add_argument("stage", choices=["draft", "essay", "evaluation"])
+    p.add_argument("gen_id")
+    _add_roots(p)
+    p.set_defaults(func=cmd_regenerate)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PipelineError as exc:
+        print(f"daydream: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

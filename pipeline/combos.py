@@ -1,0 +1,78 @@
+"""Concept combinations and the append-only ``data/combo_mappings.csv``.
+
+    >>> combos = generate_combos(["a", "b", "c"], "paragraph", k_max=2)   # {combo_id: (concepts...)}
+    >>> record_combos(paths.combo_mappings_csv, combos, "paragraph", 2)
+"""
+import csv
+import io
+import itertools
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import StoreError
+from .ids import combo_id
+
+FIELDS = ["combo_id", "version", "concept_id", "description_level", "k_max", "created_at"]
+
+
+def generate_combos(concept_ids, description_level, k_max):
+    """Every k_max-sized combination (the original's "focused" strategy), in a stable order."""
+    out = {}
+    for combo in itertools.combinations(sorted(concept_ids), k_max):
+        out[combo_id(combo, description_level, k_max)] = combo
+    return out
+
+
+def read_mappings(path) -> dict:
+    """combo_id -> {"concepts": tuple, "description_level": str, "k_max": int}."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    found = {}
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != FIELDS:
+            raise StoreError(f"{path}: unexpected header {reader.fieldnames}; expected {','.join(FIELDS)}")
+        for row in reader:
+            entry = found.setdefault(row["combo_id"], {"concepts": [], "description_level": row["description_level"],
+                                                       "k_max": int(row["k_max"])})
+            entry["concepts"].append(row["concept_id"])
+    return {cid: {**e, "concepts": tuple(sorted(e["concepts"]))} for cid, e in found.items()}
+
+
+def record_combos(path, combos: dict, description_level, k_max) -> int:
+    """Append rows for combos not yet recorded. A known combo id with other concepts is an error.
+
+    Returns the number of combos appended."""
+    path = Path(path)
+    existing = read_mappings(path)
+    new_rows = []
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for cid, concepts in combos.items():
+        if cid in existing:
+            if existing[cid]["concepts"] != tuple(sorted(concepts)):
+                raise StoreError(
+                    f"{path}: combo {cid} is recorded with concepts {', '.join(existing[cid]['concepts'])} but now "
+                    f"derives from {', '.join(sorted(concepts))}; the mapping is append-only: investigate before "
+                    f"editing it"
+                )
+            continue
+        for concept in sorted(concepts):
+            new_rows.append([cid, "v1", concept, description_level, k_max, now])
+    if not new_rows:
+        return 0
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if not path.exists():
+        writer.writerow(FIELDS)
+    writer.writerows(new_rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one O_APPEND write: concurrent builders never interleave rows
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, buf.getvalue().encode("utf-8"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return len({r[0] for r in new_rows})

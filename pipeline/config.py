@@ -1,0 +1,22 @@
+"""Luigi config sections. Each is set in luigi.cfg or on the luigi command line, e.g.
+``luigi --module pipeline RunCohort --cohort-id demo --pipeline-raw-root ../shared/daydreaming/1_raw``.
+"""
+import luigi
+
+
+class pipeline(luigi.Config):  # noqa: N801 - the class name is the [pipeline] section name
+    data_root = luigi.Parameter(default="data")
+    raw_root = luigi.Parameter(default="")
+    cohorts_root = luigi.Parameter(default="cohorts")
+    chunk_size = luigi.IntParameter(default=500, description="generations scheduled per dynamic chunk")
+
+
+class llm(luigi.Config):  # noqa: N801
+    base_url = luigi.Parameter(default="https://openrouter.ai/api/v1")
+    api_key_env = luigi.Parameter(default="OPENROUTER_API_KEY")
+    timeout_s = luigi.FloatParameter(default=180.0)
+    max_attempts = luigi.IntParameter(default=6)
+    backoff_base_s = luigi.FloatParameter(default=2.0)
+    max_tokens = luigi.IntParameter(default=0, description="0: let the provider decide")
+    local_max_tokens = luigi.IntParameter(default=160)
+    local_threads = luigi.IntParameter(default=2)

@@ -1,0 +1,78 @@
+"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+
+    >>> write_text_atomic(path, "hello")          # replace
+    >>> write_text_once(path, "paid response")    # refuses to replace
+"""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import StoreError
+
+
+def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if fsync:
+                os.fsync(fh.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_bytes_atomic(path, data: bytes, fsync: bool = True) -> None:
+    """``fsync=False`` for bulk, re-derivable files (metadata seeds): rename stays atomic."""
+    path = Path(path)
+    tmp = _write_tmp(path, data, fsync)
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path, text: str, fsync: bool = True) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), fsync)
+
+
+def write_json_atomic(path, obj, fsync: bool = True) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", fsync)
+
+
+def write_text_once(path, text: str) -> bool:
+    """Create ``path`` with ``text`` unless it exists. Returns True if this call wrote it.
+
+    Used for paid LLM responses: os.link fails if the target exists, so two writers racing
+    can never overwrite each other."""
+    path = Path(path)
+    tmp = _write_tmp(path, text.encode("utf-8"))
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def write_if_changed(path, text: str) -> bool:
+    """Atomic write that leaves the file (and its mtime) alone when the content is equal."""
+    path = Path(path)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_text_atomic(path, text)
+    return True
+
+
+def read_json(path) -> dict:
+    """Read a JSON object, with an error that names the file when it is corrupt."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{path}: corrupt JSON ({exc}); restore it or delete it to regenerate") from exc

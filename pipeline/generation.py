@@ -1,0 +1,179 @@
+"""Run one generation: render the prompt, call the model unless a raw response already exists,
+parse, and write the files, emitting events as it goes. Luigi tasks are a thin shell over this.
+
+    >>> ctx = GenContext(paths, catalog, EventLog(paths.events_dir), Backends.from_config())
+    >>> run_generation(ctx, "draft", "d_1a2b3c")      # -> "completed" | "reused" | "copied" | "done"
+
+Files under data/gens/<stage>/<gen_id>/: prompt.txt, raw.txt (write-once: a paid response is
+never overwritten), parsed.txt (the target; evaluations hold the score, e.g. "7.0"), metadata.json.
+"""
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from . import parsers, prompts
+from .errors import ParseError, PipelineError, StoreError
+from .fsio import read_json, write_json_atomic, write_text_atomic, write_text_once
+
+LINEAGE = ("parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
+
+
+@dataclass
+class GenContext:
+    paths: object
+    catalog: object
+    events: object
+    backends: object
+    cohort_id: str | None = None
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def now_iso():
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def load_meta(paths, stage, gen_id) -> dict:
+    path = paths.gen_dir(stage, gen_id) / "metadata.json"
+    if not path.exists():
+        raise StoreError(f"{path}: no metadata for {stage} {gen_id}; build its cohort first (BuildCohort)")
+    meta = read_json(path)
+    for key in ("stage", "gen_id") + LINEAGE:
+        if key not in meta:
+            raise StoreError(f"{path}: metadata lacks {key!r}; rebuild the cohort that owns {gen_id}")
+    return meta
+
+
+def read_parent_text(paths, meta) -> str:
+    parent_stage = {"essay": "draft", "evaluation": "essay"}[meta["stage"]]
+    path = paths.gen_dir(parent_stage, meta["parent_gen_id"]) / "parsed.txt"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise StoreError(f"{meta['stage']} {meta['gen_id']}: parent {parent_stage} {meta['parent_gen_id']} "
+                         f"has no parsed output ({path}); run the parent first") from None
+
+
+def render(ctx, meta) -> str:
+    stage, tid = meta["stage"], meta["template_id"]
+    if stage == "draft":
+        return prompts.render_draft(ctx.catalog, tid, meta["concept_ids"], meta["description_level"])
+    parent = read_parent_text(ctx.paths, meta)
+    if stage == "essay":
+        return prompts.render_essay(ctx.catalog, tid, parent)
+    return prompts.render_evaluation(ctx.catalog, tid, parent)
+
+
+def parse(stage, parser_name, raw):
+    """(parsed text, score info or None). Raises ParseError."""
+    if stage == "evaluation":
+        result = parsers.parse_score(raw, parser_name)
+        return f"{result.score:.1f}\n", result
+    return parsers.parse_draft(raw, parser_name), None
+
+
+def _template(ctx, meta):
+    try:
+        return ctx.catalog.templates[meta["stage"]][meta["template_id"]]
+    except KeyError:
+        raise PipelineError(f"{meta['stage']} {meta['gen_id']}: template {meta['template_id']!r} is not in the "
+                            f"catalog {ctx.catalog.root}") from None
+
+
+def _model(ctx, meta):
+    try:
+        return ctx.catalog.models[meta["llm_model_id"]]
+    except KeyError:
+        raise PipelineError(f"{meta['stage']} {meta['gen_id']}: model {meta['llm_model_id']!r} is not in "
+                            f"{ctx.catalog.root}/llm_models.csv") from None
+
+
+def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
+    paths, events = ctx.paths, ctx.events
+    gdir = paths.gen_dir(stage, gen_id)
+    parsed_path, raw_path, meta_path = gdir / "parsed.txt", gdir / "raw.txt", gdir / "metadata.json"
+    if parsed_path.exists():
+        return "done"
+    meta = load_meta(paths, stage, gen_id)
+    lineage = {k: meta[k] for k in LINEAGE}
+    base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
+    template = _template(ctx, meta)
+    started = time.monotonic()
+    meta.update(template_id=template.template_id, parser=template.parser, generator=template.generator,
+                started_at=meta.get("started_at") or now_iso())
+
+    call_info = {}
+    if template.generator == "copy":
+        raw = read_parent_text(paths, meta)
+        write_text_atomic(raw_path, raw)
+        outcome = "copied"
+    elif raw_path.exists():
+        raw = raw_path.read_text(encoding="utf-8")
+        outcome = "reused"
+    else:
+        model = _model(ctx, meta)
+        prompt = render(ctx, meta)
+        write_text_atomic(gdir / "prompt.txt", prompt)
+        events.emit("generation_started", **base, **lineage)
+
+        def failed(attempt, status, error_class, message, will_retry, delay_s):
+            events.emit("llm_call_failed", **base, llm_model_id=meta["llm_model_id"], attempt=attempt,
+                        status=status, error_class=error_class, message=message, will_retry=will_retry,
+                        delay_s=delay_s)
+
+        try:
+            result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
+        except PipelineError as exc:
+            _fail(ctx, meta, meta_path, base, lineage, exc)
+            raise
+        raw = result.text
+        call_info = {
+            "provider_model": result.provider_model, "model": model.model, "provider": model.provider,
+            "finish_reason": result.finish_reason, "truncated": result.truncated,
+            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
+            "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
+        }
+        # metadata first: if we die between the two writes, the raw is what is missing (and re-bought),
+        # never the record of what a kept raw cost
+        meta.update(call_info)
+        write_json_atomic(meta_path, meta)
+        if not write_text_once(raw_path, raw):
+            raw = raw_path.read_text(encoding="utf-8")  # another worker won the race: keep theirs
+        outcome = "completed"
+
+    try:
+        parsed, score = parse(stage, template.parser, raw)
+    except ParseError as exc:
+        events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
+        _fail(ctx, meta, meta_path, base, lineage, exc)
+        raise
+    duration = round(time.monotonic() - started, 3)
+    meta.update(status="done", error=None, completed_at=now_iso(), duration_s=duration,
+                raw_sha256=sha256(raw), parsed_sha256=sha256(parsed))
+    if score is not None:
+        meta.update(score=score.score, score_scale=score.scale)
+        events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
+    write_json_atomic(meta_path, meta)
+    write_text_atomic(parsed_path, parsed)
+    common = dict(**base, **lineage, raw_path=os.fspath(raw_path), raw_sha256=meta["raw_sha256"])
+    if outcome == "reused":
+        events.emit("generation_reused", **common, parsed_path=os.fspath(parsed_path))
+    else:
+        events.emit("generation_completed", **common, parsed_path=os.fspath(parsed_path), source="run",
+                    copy=outcome == "copied", duration_s=duration,
+                    **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
+                                                      "completion_tokens", "cost", "attempts")})
+    events.fsync()
+    return outcome
+
+
+def _fail(ctx, meta, meta_path, base, lineage, exc):
+    meta.update(status="failed", error=str(exc), error_class=type(exc).__name__, failed_at=now_iso())
+    write_json_atomic(meta_path, meta)
+    ctx.events.emit("generation_failed", **base, **lineage, error_class=type(exc).__name__, error=str(exc))
+    ctx.events.fsync()

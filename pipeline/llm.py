@@ -1,0 +1,60 @@
+"""Which backend answers a model: the embedded llama.cpp model for provider ``local``, the
+OpenAI-compatible HTTP API (OpenRouter by default) for everything else.
+
+    >>> backends = Backends.from_config()
+    >>> result = backends.complete(catalog.models["gemma_local"], "Hello", stage="draft")
+
+The HTTP client and the local model are created once per process and reused.
+Environment overrides: DAYDREAM_LLM_BASE_URL for ``[llm] base_url``; the API key is read from
+the variable that ``[llm] api_key_env`` names (OPENROUTER_API_KEY by default) and never stored.
+"""
+import os
+
+from .errors import LLMError
+from .llm_http import LLMResult, OpenAIClient
+
+__all__ = ["Backends", "LLMResult"]
+
+
+class Backends:
+    def __init__(self, base_url, api_key_env, *, timeout_s=180.0, max_attempts=6, backoff_base_s=2.0,
+                 max_tokens=None, local_max_tokens=256, local_threads=2):
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.backoff_base_s = backoff_base_s
+        self.max_tokens = max_tokens or None
+        self.local_max_tokens = local_max_tokens
+        self.local_threads = local_threads
+        self._client = None
+
+    @classmethod
+    def from_config(cls):
+        from .config import llm
+
+        cfg = llm()
+        return cls(os.environ.get("DAYDREAM_LLM_BASE_URL") or cfg.base_url, cfg.api_key_env,
+                   timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts, backoff_base_s=cfg.backoff_base_s,
+                   max_tokens=cfg.max_tokens, local_max_tokens=cfg.local_max_tokens,
+                   local_threads=cfg.local_threads)
+
+    def _http(self):
+        if self._client is None:
+            key = os.environ.get(self.api_key_env)
+            if not key and "127.0.0.1" not in self.base_url and "localhost" not in self.base_url:
+                raise LLMError(f"no API key: set the {self.api_key_env} environment variable "
+                               f"(or use a model whose provider is 'local')", retryable=False)
+            self._client = OpenAIClient(self.base_url, key, timeout=(10, self.timeout_s),
+                                        max_attempts=self.max_attempts, backoff_base=self.backoff_base_s)
+        return self._client
+
+    def complete(self, model, prompt, *, stage, on_attempt_failed=None) -> LLMResult:
+        """Answer ``prompt`` with catalog ``model``; evaluations on the local model end in a score line."""
+        if model.is_local:
+            from .llm_local import complete_local
+
+            return complete_local(prompt, stage=stage, max_tokens=self.local_max_tokens, threads=self.local_threads)
+        client = self._http()
+        client.on_attempt_failed = on_attempt_failed
+        return client.complete(model.model, prompt, max_tokens=self.max_tokens)

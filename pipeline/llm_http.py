@@ -1,0 +1,248 @@
+"""OpenAI-compatible chat-completions client (OpenRouter, or the local stub) with retries.
+
+    >>> client = OpenAIClient("https://openrouter.ai/api/v1", api_key=os.environ["OPENROUTER_API_KEY"])
+    >>> res = client.complete("google/gemini-2.5-flash", "Write a haiku.")
+    >>> res.text, res.truncated, res.cost, res.attempts
+
+Transient trouble (429, 408, 5xx, timeouts, dropped connections, garbled or empty answers) is
+retried with exponential backoff and full jitter, honouring Retry-After. A bad request, key,
+credit balance or model name raises LLMError(retryable=False) at once. Running out of attempts
+(or of ``deadline_s``) raises LLMError(retryable=True). The API key never appears in a message.
+"""
+import email.utils
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import LLMError
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_FATAL_MESSAGES = {
+    400: "request rejected as malformed (HTTP 400)",
+    401: "API key rejected - check the key env var (HTTP 401)",
+    402: "out of credit - top up the account (HTTP 402)",
+    403: "request forbidden, e.g. moderation or key limits (HTTP 403)",
+    404: "unknown model {model} (HTTP 404) - check the model id",
+}
+_SNIPPET = 300  # chars of a server's error text worth quoting
+
+
+@dataclass
+class LLMResult:
+    """One completed call. ``truncated`` means finish_reason == "length": the text is cut short."""
+    text: str
+    finish_reason: str | None
+    provider_model: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost: float | None
+    attempts: int
+    duration_s: float
+    truncated: bool
+
+
+@dataclass
+class _Failure:
+    """One failed attempt (a value, not an exception, so nothing chains the request and its headers)."""
+    status: int | None
+    error_class: str
+    message: str
+    retryable: bool
+    retry_after: float | None = None
+
+
+def parse_retry_after(value, now=None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date; None if absent/garbled.
+
+    >>> parse_retry_after("3")
+    3.0
+    """
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    now = now or datetime.now(timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+class OpenAIClient:
+    """Chat-completions client for an OpenAI-compatible ``base_url``.
+
+    usage: client = OpenAIClient("https://openrouter.ai/api/v1", api_key=os.environ["OPENROUTER_API_KEY"])
+           client.complete("google/gemini-2.5-flash", "prompt")
+
+    ``timeout`` is (connect, read) seconds per attempt (a number means both); ``deadline_s`` caps
+    the whole call including retries and waits. ``on_attempt_failed(attempt, status, error_class,
+    message, will_retry, delay_s)`` is called after every failed attempt, for logging.
+    """
+
+    def __init__(self, base_url, api_key=None, *, timeout=(5, 120), max_attempts=6, backoff_base=1.0,
+                 backoff_max=60.0, max_retry_after=120.0, deadline_s=None, on_attempt_failed=None,
+                 session=None):
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self.timeout = tuple(timeout) if isinstance(timeout, (tuple, list)) else (timeout, timeout)
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.deadline_s = deadline_s
+        self.on_attempt_failed = on_attempt_failed
+        self._session = session
+        self._own_session_pid = None
+
+    def __repr__(self):
+        return f"OpenAIClient({self.base_url!r}, api_key={'***' if self._api_key else None})"
+
+    @property
+    def session(self) -> requests.Session:
+        # A pooled session must not cross a fork (Luigi worker processes): build one per process.
+        if self._session is None or (self._own_session_pid not in (None, os.getpid())):
+            s = requests.Session()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            self._session, self._own_session_pid = s, os.getpid()
+        return self._session
+
+    def complete(self, model: str, prompt: str, *, max_tokens=None, temperature=None) -> LLMResult:
+        """Send ``prompt`` as one user message to ``model``; return the answer or raise LLMError."""
+        payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                   "usage": {"include": True}}  # OpenRouter then reports usage.cost
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
+        if temperature is not None:
+            payload["temperature"] = temperature
+        start = time.monotonic()
+        deadline = None if self.deadline_s is None else start + self.deadline_s
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome = self._attempt(model, payload, deadline)
+            if isinstance(outcome, LLMResult):
+                outcome.attempts = attempt
+                outcome.duration_s = time.monotonic() - start
+                return outcome
+            fail = outcome
+            delay = self._delay(attempt, fail.retry_after)
+            will_retry = (fail.retryable and attempt < self.max_attempts
+                          and (deadline is None or time.monotonic() + delay < deadline))
+            if self.on_attempt_failed is not None:
+                self.on_attempt_failed(attempt, fail.status, fail.error_class, fail.message,
+                                       will_retry, delay if will_retry else 0.0)
+            if not will_retry:
+                break
+            time.sleep(delay)
+        if not fail.retryable:
+            raise LLMError(f"model {model}: {fail.message}", status=fail.status, retryable=False,
+                           attempts=attempt, error_class=fail.error_class)
+        why = "deadline reached" if attempt < self.max_attempts else "attempts exhausted"
+        raise LLMError(f"model {model}: gave up after {attempt} attempts ({why}); last error "
+                       f"{fail.error_class}: {fail.message}", status=fail.status, retryable=True,
+                       attempts=attempt, error_class=fail.error_class)
+
+    def _delay(self, attempt, retry_after) -> float:
+        backoff = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+        if retry_after is None:
+            return backoff
+        # Retry-After is a lower bound; the jitter still spreads out clients told the same time.
+        return max(min(retry_after, self.max_retry_after), backoff)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    def _attempt(self, model, payload, deadline) -> "LLMResult | _Failure":
+        connect, read = self.timeout
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return _Failure(None, "deadline", "deadline reached before the attempt", True)
+            connect, read = min(connect, left), min(read, left)
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        try:
+            resp = self.session.post(f"{self.base_url}/chat/completions", json=payload,
+                                     headers=headers, timeout=(connect, read))
+            raw = resp.content
+        except requests.Timeout:
+            return _Failure(None, "timeout", f"no answer within {read:g}s", True)
+        except requests.RequestException as exc:
+            # Covers refused/reset connections and bodies cut off mid-response (ChunkedEncodingError).
+            return _Failure(None, "connection", self._scrub(f"{type(exc).__name__}: {exc}")[:_SNIPPET], True)
+        if resp.status_code != 200:
+            return self._http_failure(model, resp, self._scrub(raw.decode("utf-8", "replace")))
+        try:
+            body_text = self._scrub(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _Failure(200, "invalid_body", "invalid response body (not UTF-8)", True)
+        try:
+            body = json.loads(body_text)
+        except ValueError:
+            return _Failure(200, "invalid_body", f"invalid response body (not JSON): {body_text[:80]!r}", True)
+        if not isinstance(body, dict):
+            return _Failure(200, "invalid_body", "invalid response body (not a JSON object)", True)
+        return self._parse_ok(model, body)
+
+    def _http_failure(self, model, resp, body_text) -> _Failure:
+        status = resp.status_code
+        said = _server_message(body_text)
+        if status in RETRYABLE_STATUSES or status >= 500:
+            return _Failure(status, f"http_{status}", f"HTTP {status}: {said}", True,
+                            parse_retry_after(resp.headers.get("Retry-After")))
+        what = _FATAL_MESSAGES.get(status, f"request refused (HTTP {status})").format(model=model)
+        return _Failure(status, f"http_{status}", f"{what}; server said: {said}", False)
+
+    def _parse_ok(self, model, body) -> "LLMResult | _Failure":
+        error = body.get("error")
+        if error:
+            # OpenRouter reports some provider failures as 200 + error object.
+            code = error.get("code") if isinstance(error, dict) else None
+            msg = error.get("message") if isinstance(error, dict) else error
+            code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() else None
+            retryable = code is None or code in RETRYABLE_STATUSES or code >= 500
+            if not retryable:
+                what = _FATAL_MESSAGES.get(code, f"request refused (code {code})").format(model=model)
+                return _Failure(code, f"api_error_{code}", f"{what}; server said: {str(msg)[:_SNIPPET]}", False)
+            return _Failure(200, "api_error", f"error in 200 body (code {code}): {str(msg)[:_SNIPPET]}", True)
+        choices = body.get("choices")
+        if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+            return _Failure(200, "no_choices", "response has no choices", True)
+        choice = choices[0]
+        finish = choice.get("finish_reason")
+        if finish == "error":
+            return _Failure(200, "finish_error", "provider ended the generation with finish_reason=error", True)
+        content = (choice.get("message") or {}).get("content")
+        if not isinstance(content, str) or not content:
+            return _Failure(200, "empty_content", f"empty content (finish_reason={finish})", True)
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        return LLMResult(text=content, finish_reason=finish, provider_model=body.get("model"),
+                         prompt_tokens=usage.get("prompt_tokens"),
+                         completion_tokens=usage.get("completion_tokens"),
+                         cost=usage.get("cost"), attempts=0, duration_s=0.0,
+                         truncated=finish == "length")
+
+
+def _server_message(body_text: str) -> str:
+    """The error message from an (already scrubbed) error body, else the body's start."""
+    try:
+        err = json.loads(body_text).get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:_SNIPPET]
+    except (ValueError, AttributeError):
+        pass
+    return body_text[:_SNIPPET] or "(empty body)"

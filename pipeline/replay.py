@@ -1,0 +1,351 @@
+"""Fold the event log into result tables (CSV), byte-identical for the same log.
+
+    >>> stats = replay(Path("data/events"), Path("data/tables"))
+    >>> print(stats.summary())
+    >>> tables = load_tables(Path("data/tables"))      # {"generation_results": DataFrame, ...}
+
+    $ python -m pipeline.replay --data-root data [--skip-bad]
+
+Events are folded in one pass with plain dicts. Every "latest" choice compares the event key
+(ts, segment, line), so the result is the same as folding the events in that order, and a
+duplicated segment (same event_ids) changes nothing.
+"""
+import argparse
+import csv
+import gc
+import io
+import math
+import sys
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+
+from .errors import PipelineError, StoreError
+from .events import EVENT_TYPES, ReadStats, scan_events
+from .fsio import write_if_changed
+
+LINEAGE = ("stage", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
+EVAL_LINEAGE = ("gen_id", "essay_gen_id", "draft_gen_id", "combo_id", "draft_template", "draft_llm",
+                "essay_template", "essay_llm", "evaluation_template", "evaluation_llm", "replicate")
+COLUMNS = {
+    "generation_results": ("gen_id", "stage", "parent_gen_id", "combo_id", "template_id",
+                           "llm_model_id", "replicate", "status", "finish_reason", "prompt_tokens",
+                           "completion_tokens", "cost", "duration_s", "completed_at", "cohort_ids",
+                           "error"),
+    "evaluation_results": EVAL_LINEAGE + ("score", "status", "error", "cohort_ids"),
+    "scores_long": EVAL_LINEAGE + ("score", "scale", "parser"),
+    "llm_calls": ("ts", "stage", "gen_id", "llm_model_id", "attempt", "outcome", "status",
+                  "error_class", "will_retry", "prompt_tokens", "completion_tokens", "cost",
+                  "duration_s"),
+}
+PIVOT_INDEX = ("essay_gen_id", "combo_id", "draft_template", "essay_template", "essay_llm")
+TABLES = ("generation_results", "evaluation_results", "scores_long", "generation_scores_pivot",
+          "evaluation_model_template_pivot", "llm_calls")
+# Columns load_tables parses as numbers; everything else stays text (ids like "NA" stay ids).
+_MEASURES = ("replicate", "prompt_tokens", "completion_tokens", "cost", "duration_s", "score")
+_NUMERIC = {"generation_results": _MEASURES, "evaluation_results": _MEASURES,
+            "scores_long": _MEASURES, "llm_calls": _MEASURES + ("attempt", "status")}
+
+_STATUS = {"generation_started": "running", "generation_completed": "done",
+           "generation_reused": "done", "generation_failed": "failed"}
+_NO_KEY = ("",)  # sorts before every real (ts, segment, line) key
+_NO_LINEAGE = (None,) * len(LINEAGE)
+
+
+@dataclass
+class ReplayStats:
+    read: ReadStats
+    rows: dict = field(default_factory=dict)   # table name -> row count
+    tables_dir: Path = None
+
+    def summary(self) -> str:
+        rows = ", ".join(f"{name}={n}" for name, n in self.rows.items())
+        return f"replayed {self.read.summary()} -> {self.tables_dir}: {rows}"
+
+
+class _Gen:
+    """Latest known state of one generation while folding."""
+    __slots__ = ("stage", "status_key", "status", "lineage", "done_key", "done", "reused_ts",
+                 "parse_key", "parse", "error", "cohorts")
+
+    def __init__(self, stage):
+        self.stage = stage
+        self.status_key = self.done_key = self.parse_key = _NO_KEY
+        self.status = self.lineage = self.done = self.reused_ts = self.parse = self.error = None
+        self.cohorts = set()
+
+
+def fold(pairs) -> dict:
+    """Fold ``((ts, segment, line), event)`` pairs, in any order, into
+    ``{table name: (columns, rows)}`` with rows as tuples in column order."""
+    gens = {}
+    cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
+    calls = []     # (ts, event_id, row)
+    for key, ev in pairs:
+        get = ev.get
+        etype = ev["type"]
+        if etype == "cohort_built":
+            current = cohorts.get(get("cohort_id"))
+            if current is None or key > current[0]:
+                cohorts[get("cohort_id")] = (key, ev)
+            continue
+        if etype not in EVENT_TYPES:
+            continue
+        gen_id = ev["gen_id"]
+        g = gens.get(gen_id)
+        if g is None:
+            g = gens[gen_id] = _Gen(get("stage"))
+        cohort_id = get("cohort_id")
+        if cohort_id:
+            g.cohorts.add(cohort_id)
+
+        status = _STATUS.get(etype)
+        if status is not None:
+            if key > g.status_key:
+                g.status_key, g.status = key, status
+                g.lineage = (get("stage"), get("parent_gen_id"), get("combo_id"),
+                             get("template_id"), get("llm_model_id"), get("replicate"))
+                if status == "failed":
+                    g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
+                                        if part)
+            if etype == "generation_completed":
+                if key > g.done_key:
+                    g.done_key = key
+                    g.done = (get("finish_reason"), get("prompt_tokens"),
+                              get("completion_tokens"), get("cost"), get("duration_s"),
+                              ev["ts"])
+                if not get("copy") and get("source", "run") == "run":
+                    calls.append((ev["ts"], ev["event_id"], (
+                        ev["ts"], get("stage"), gen_id, get("llm_model_id"),
+                        get("attempts"), "ok", None, None, None, get("prompt_tokens"),
+                        get("completion_tokens"), get("cost"), get("duration_s"))))
+            elif etype == "generation_reused" and (g.reused_ts is None or ev["ts"] > g.reused_ts):
+                g.reused_ts = ev["ts"]
+        elif etype == "score_parsed" or etype == "parse_failed":
+            # The latest parse outcome decides the score: a later failed re-parse clears it.
+            if key > g.parse_key:
+                g.parse_key = key
+                g.parse = ((get("score"), get("scale"), get("parser"))
+                           if etype == "score_parsed" else None)
+        elif etype == "llm_call_failed":
+            calls.append((ev["ts"], ev["event_id"], (
+                ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
+                "failed", get("status"), get("error_class"), _bool(get("will_retry")),
+                None, None, None, None)))
+
+    members = _members(cohorts)
+    for gen_id, (_, cohort_ids) in members.items():
+        g = gens.get(gen_id)
+        if g is None:
+            g = gens[gen_id] = _Gen(None)
+        g.cohorts.update(cohort_ids)
+    lineage = {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
+
+    generations, evaluations, scores = [], [], []
+    for gen_id in sorted(gens):
+        g, lin = gens[gen_id], lineage[gen_id]
+        status = g.status or "pending"
+        cohort_ids = ";".join(sorted(g.cohorts))
+        error = g.error if status == "failed" else None
+        if lin[0] == "evaluation":
+            row = _eval_lineage(gen_id, lin, lineage)
+            parse = g.parse or (None, None, None)
+            evaluations.append(row + (parse[0], status, error, cohort_ids))
+            if parse[0] is not None:
+                scores.append(row + parse)
+        elif lin[0] == "draft" or lin[0] == "essay":
+            done = g.done or (None,) * 6
+            generations.append((gen_id,) + lin + (status,) + done[:5]
+                               + (done[5] or g.reused_ts, cohort_ids, error))
+    calls.sort(key=lambda c: (c[0], c[1]))
+    return {
+        "generation_results": (COLUMNS["generation_results"], generations),
+        "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
+        "scores_long": (COLUMNS["scores_long"], scores),
+        "generation_scores_pivot": _generation_pivot(scores),
+        "evaluation_model_template_pivot": _model_template_pivot(scores),
+        "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
+    }
+
+
+def _bool(value):
+    # JSON spelling, so the CSV reads "true"/"false" rather than Python's "True"/"False"
+    return {True: "true", False: "false"}.get(value, value)
+
+
+def _members(cohorts) -> dict:
+    """gen_id -> [lineage tuple from the newest cohort listing it, set of cohort_ids]."""
+    members = {}
+    for cohort_id, (_, ev) in sorted(cohorts.items(), key=lambda item: item[1][0]):
+        fields = list(ev.get("member_fields") or [])
+        if "gen_id" not in fields:
+            continue
+        gen_at = fields.index("gen_id")
+        # A column for each LINEAGE field; one the cohort does not list reads as None.
+        pick = itemgetter(*(fields.index(f) if f in fields else len(fields) for f in LINEAGE))
+        for values in ev.get("members") or []:
+            entry = members.get(values[gen_at])
+            if entry is None:
+                entry = members[values[gen_at]] = [None, set()]
+            # Cohorts are visited oldest first, so the newest listing's lineage wins.
+            entry[0] = pick(values + [None])
+            if cohort_id is not None:
+                entry[1].add(cohort_id)
+    return members
+
+
+def _lineage(g, member) -> tuple:
+    """LINEAGE values: the latest status event's, falling back on cohort membership."""
+    if member is None or member[0] == g.lineage:
+        lin = g.lineage or _NO_LINEAGE
+    elif g.lineage is None:
+        lin = member[0]
+    else:
+        lin = tuple(m if e is None else e for e, m in zip(g.lineage, member[0]))
+    return lin if lin[0] is not None else (g.stage,) + lin[1:]
+
+
+def _eval_lineage(gen_id, lin, lineage) -> tuple:
+    """EVAL_LINEAGE values for evaluation ``gen_id``, walking up to its essay and draft."""
+    _, essay_id, combo_id, template_id, llm_model_id, replicate = lin
+    essay = lineage.get(essay_id) or _NO_LINEAGE
+    draft_id = essay[1]
+    draft = lineage.get(draft_id) or _NO_LINEAGE
+    return (gen_id, essay_id, draft_id, combo_id or essay[2] or draft[2], draft[3], draft[4],
+            essay[3], essay[4], template_id, llm_model_id, replicate)
+
+
+# positions in an EVAL_LINEAGE row
+_PIVOT_AT = tuple(EVAL_LINEAGE.index(c) for c in PIVOT_INDEX)
+_EVAL_TEMPLATE_AT = EVAL_LINEAGE.index("evaluation_template")
+_EVAL_LLM_AT = EVAL_LINEAGE.index("evaluation_llm")
+_SCORE_AT = len(EVAL_LINEAGE)
+
+
+def _mean(values):
+    return math.fsum(values) / len(values)
+
+
+def _generation_pivot(scores) -> tuple:
+    cells = {}   # (pivot index, evaluation column) -> scores
+    pick = itemgetter(*_PIVOT_AT)
+    for s in scores:
+        index = pick(s)
+        if None in index:  # None cannot be sorted with text
+            index = tuple(v or "" for v in index)
+        key = (index, f"{s[_EVAL_TEMPLATE_AT]}__{s[_EVAL_LLM_AT]}")
+        values = cells.get(key)
+        if values is None:
+            cells[key] = [float(s[_SCORE_AT])]
+        else:
+            values.append(float(s[_SCORE_AT]))
+    columns = sorted({column for _, column in cells})
+    at = {column: i for i, column in enumerate(columns)}
+    rows, index, row, every = [], None, None, None
+    for (key_index, column), values in sorted(cells.items()):
+        if key_index != index:
+            if index is not None:
+                rows.append(index + tuple(row) + (_mean(every), len(every)))
+            index, row, every = key_index, [None] * len(columns), []
+        row[at[column]] = _mean(values)
+        every += values
+    if index is not None:
+        rows.append(index + tuple(row) + (_mean(every), len(every)))
+    return PIVOT_INDEX + tuple(columns) + ("mean", "n"), rows
+
+
+def _model_template_pivot(scores) -> tuple:
+    cells = {}
+    for s in scores:
+        cells.setdefault((s[_EVAL_TEMPLATE_AT] or "", s[_EVAL_LLM_AT] or ""), []).append(
+            float(s[_SCORE_AT]))
+    llms = sorted({llm for _, llm in cells})
+    rows = [(template,) + tuple(_mean(cells[(template, llm)]) if (template, llm) in cells else None
+                                for llm in llms)
+            for template in sorted({t for t, _ in cells})]
+    return ("evaluation_template",) + tuple(llms), rows
+
+
+def to_csv(columns, rows) -> str:
+    """CSV text: header, then tuples as they are. None is written empty and floats as repr,
+    the shortest text that reads back as the same float - fixed for a given value."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def replay(events_dir, tables_dir, skip_bad=False) -> ReplayStats:
+    """Read every segment under ``events_dir`` and (re)write the CSV tables in ``tables_dir``.
+
+    Raises EventLogError for a malformed line (unless ``skip_bad``) or a newer schema."""
+    stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir))
+    # The fold keeps ~one small object per event alive and makes no cycles; without this the
+    # cyclic GC would rescan that growing heap again and again (about half the run time).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        tables = fold(scan_events(events_dir, skip_bad=skip_bad, stats=stats.read))
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    for name in TABLES:
+        columns, rows = tables[name]
+        write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows))
+        stats.rows[name] = len(rows)
+    return stats
+
+
+def load_tables(tables_dir) -> dict:
+    """The replayed tables as pandas DataFrames, ids as text and measures as numbers.
+
+        >>> tables = load_tables(Path("data/tables"))
+        >>> tables["scores_long"].groupby("evaluation_llm").score.mean()
+    """
+    import pandas as pd  # only report code needs pandas
+
+    tables = {}
+    for name in TABLES:
+        path = Path(tables_dir) / f"{name}.csv"
+        if not path.exists():
+            raise StoreError(f"{path} is missing; run `python -m pipeline.replay` to build the tables")
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        if name in _NUMERIC:
+            numeric = [c for c in df.columns if c in _NUMERIC[name]]
+        else:  # pivots: every column after the index is a number
+            numeric = [c for c in df.columns if c not in PIVOT_INDEX and c != "evaluation_template"]
+        for column in numeric:
+            df[column] = pd.to_numeric(df[column])
+        if "will_retry" in df.columns:
+            df["will_retry"] = df["will_retry"].map({"true": True, "false": False})
+        tables[name] = df
+    return tables
+
+
+def replay_main(argv=None) -> int:
+    """CLI: ``python -m pipeline.replay [--data-root data] [--tables-dir DIR] [--skip-bad]``."""
+    parser = argparse.ArgumentParser(prog="replay", description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", type=Path, default=Path("data"),
+                        help="reads <data-root>/events (default: data)")
+    parser.add_argument("--tables-dir", type=Path, default=None,
+                        help="where to write the CSV tables (default: <data-root>/tables)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="skip and count malformed lines instead of stopping at the first")
+    args = parser.parse_args(argv)
+    tables_dir = args.tables_dir or args.data_root / "tables"
+    try:
+        stats = replay(args.data_root / "events", tables_dir, skip_bad=args.skip_bad)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(stats.summary())
+    for bad in stats.read.bad:
+        print(f"skipped bad line {bad}", file=sys.stderr)
+    return 0
+
+
+main = replay_main
+
+if __name__ == "__main__":
+    sys.exit(replay_main())

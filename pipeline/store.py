@@ -1,0 +1,181 @@
+"""The generation store on disk (data/gens, data/cohorts): bulk completion checks, cohort writes,
+failure markers, run summaries. Plain functions over paths and rows.
+
+    >>> todo = pending(paths, read_membership(paths.membership_csv("demo")))
+    >>> stage_status(paths, rows)     # {"draft": {"total": 3, "done": 3, "failed": 0, "pending": 0}, ...}
+"""
+import hashlib
+import os
+from pathlib import Path
+
+from .combos import record_combos
+from .errors import StoreError
+from .fsio import read_json, write_if_changed, write_json_atomic
+from .generation import now_iso
+from .membership import MEMBERSHIP_FIELDS, spec_folder_hash
+from .paths import STAGES
+
+STAGE_ORDER = {stage: i for i, stage in enumerate(STAGES)}
+
+
+def file_sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cohort_is_current(paths, cohort_id, catalog) -> bool:
+    """True when membership.csv reflects the current spec folder and catalog (nothing to rebuild)."""
+    manifest = paths.manifest_json(cohort_id)
+    spec = paths.spec_file(cohort_id)
+    if not (manifest.exists() and paths.membership_csv(cohort_id).exists() and spec.exists()):
+        return False
+    try:
+        doc = read_json(manifest)
+    except StoreError:
+        return False
+    return doc.get("spec_hash") == spec_folder_hash(spec) and doc.get("catalog_hash") == catalog.hash
+
+
+def _seed(cohort, row):
+    seed = {k: row[k] for k in MEMBERSHIP_FIELDS}
+    if row["stage"] == "draft":
+        combo = cohort.combos[row["combo_id"]]
+        seed.update(concept_ids=list(combo["concepts"]), description_level=combo["description_level"],
+                    k_max=combo["k_max"])
+    return seed
+
+
+def write_cohort(paths, cohort, events) -> bool:
+    """Write membership, manifest and metadata seeds; emit cohort_built when membership changed.
+
+    Rebuilding an unchanged cohort changes nothing on disk."""
+    for level_k, combos in _group_new_combos(cohort.new_combos).items():
+        record_combos(paths.combo_mappings_csv, combos, *level_k)
+    for row in cohort.rows:
+        meta_path = paths.gen_dir(row["stage"], row["gen_id"]) / "metadata.json"
+        seed = _seed(cohort, row)
+        meta = read_json(meta_path) if meta_path.exists() else {}
+        for key, value in seed.items():
+            if key in meta and str(meta[key]) != str(value):
+                raise StoreError(f"{meta_path}: {key} is {meta[key]!r} but cohort {cohort.cohort_id} derives "
+                                 f"{value!r} for the same id; the store is inconsistent, investigate before rerunning")
+        origins = meta.get("origin_cohort_ids", [])
+        if meta and cohort.cohort_id in origins:
+            continue
+        meta = {**seed, **meta, "origin_cohort_ids": sorted(set(origins) | {cohort.cohort_id})}
+        write_json_atomic(meta_path, meta, fsync=False)
+    changed = write_if_changed(paths.membership_csv(cohort.cohort_id), cohort.membership_csv())
+    write_if_changed(paths.manifest_json(cohort.cohort_id),
+                     __import__("json").dumps(cohort.manifest, indent=2, sort_keys=True) + "\n")
+    if changed:
+        events.emit("cohort_built", cohort_id=cohort.cohort_id, stage=None, gen_id=None,
+                    spec_hash=cohort.manifest["spec_hash"], catalog_hash=cohort.manifest["catalog_hash"],
+                    counts=cohort.counts, member_fields=MEMBERSHIP_FIELDS,
+                    members=[[row[k] for k in MEMBERSHIP_FIELDS] for row in cohort.rows])
+        events.fsync()
+    return changed
+
+
+def _group_new_combos(new_combos):
+    groups = {}
+    for cid, info in new_combos.items():
+        groups.setdefault((info["description_level"], info["k_max"]), {})[cid] = info["concepts"]
+    return groups
+
+
+def failed_in_run(gen_dir, run_id) -> bool:
+    marker = Path(gen_dir) / "failed.json"
+    if not marker.exists():
+        return False
+    try:
+        return read_json(marker).get("run_id") == run_id
+    except StoreError:
+        return False
+
+
+def mark_failed(gen_dir, run_id, exc):
+    write_json_atomic(Path(gen_dir) / "failed.json", {"run_id": run_id, "error": str(exc),
+                                                      "error_class": type(exc).__name__, "at": now_iso()})
+
+
+def pending(paths, rows, run_id=None) -> list:
+    """Rows without parsed output (and, given a run id, not already failed in that run), parents first."""
+    out = []
+    for row in rows:
+        gdir = paths.gen_dir(row["stage"], row["gen_id"])
+        if os.path.exists(gdir / "parsed.txt"):
+            continue
+        if run_id and failed_in_run(gdir, run_id):
+            continue
+        out.append(row)
+    out.sort(key=lambda r: (STAGE_ORDER[r["stage"]], r["gen_id"]))
+    return out
+
+
+def log_state(paths) -> str:
+    """A short fingerprint of the event log's contents (segment names and sizes)."""
+    digest = hashlib.sha256()
+    root = paths.events_dir
+    if root.exists():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.endswith(".jsonl"):
+                    full = os.path.join(dirpath, name)
+                    digest.update(f"{os.path.relpath(full, root)}:{os.path.getsize(full)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _read_meta(paths, row):
+    path = paths.gen_dir(row["stage"], row["gen_id"]) / "metadata.json"
+    try:
+        return read_json(path)
+    except (FileNotFoundError, StoreError):
+        return {}
+
+
+def generation_state(paths, row):
+    """(state, meta) with state one of done, failed, pending."""
+    gdir = paths.gen_dir(row["stage"], row["gen_id"])
+    meta = _read_meta(paths, row)
+    if (gdir / "parsed.txt").exists():
+        return "done", meta
+    if meta.get("status") == "failed" or (gdir / "failed.json").exists():
+        return "failed", meta
+    return "pending", meta
+
+
+def stage_status(paths, rows) -> dict:
+    """Per stage: total, done, failed, pending, and the failures with their reasons."""
+    out = {stage: {"total": 0, "done": 0, "failed": 0, "pending": 0, "failures": []} for stage in STAGES}
+    for row in rows:
+        state, meta = generation_state(paths, row)
+        entry = out[row["stage"]]
+        entry["total"] += 1
+        entry[state] += 1
+        if state == "failed":
+            entry["failures"].append((row["gen_id"], meta.get("error") or "see failed.json"))
+    return out
+
+
+def run_summary(paths, rows, run_started) -> dict:
+    """What one run did: done, skipped as already done, failed, LLM calls made, tokens, cost."""
+    summary = {"total": len(rows), "done": 0, "skipped": 0, "failed": 0, "pending": 0, "llm_calls": 0,
+               "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+    for row in rows:
+        state, meta = generation_state(paths, row)
+        summary[state] += 1
+        if state == "done" and (meta.get("completed_at") or "") < run_started:
+            summary["skipped"] += 1
+        if (meta.get("called_at") or "") >= run_started:
+            summary["llm_calls"] += 1
+            summary["prompt_tokens"] += meta.get("prompt_tokens") or 0
+            summary["completion_tokens"] += meta.get("completion_tokens") or 0
+            summary["cost"] += meta.get("cost") or 0.0
+    summary["cost"] = round(summary["cost"], 6)
+    return summary
+
+
+def format_summary(s) -> str:
+    return (f"{s['done']}/{s['total']} done ({s['skipped']} skipped as already done), {s['failed']} failed, "
+            f"{s['pending']} pending; {s['llm_calls']} LLM calls, "
+            f"{s['prompt_tokens']}+{s['completion_tokens']} tokens, cost ${s['cost']:.4f}")
