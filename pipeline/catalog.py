@@ -141,7 +141,7 @@ def read_csv(path, required, *, id_column=None):
             rid = row[id_column]
             if not rid:
                 raise CatalogError(f"{path}:{line}: empty {id_column}")
-            check_id(rid, id_column, f"{path}:{line}")
+            check_id(rid, id_column, f"{path}:{line}", CatalogError)
             if rid in seen:
                 raise CatalogError(f"{path}:{line}: duplicate {id_column} {rid!r} (first on line {seen[rid]})")
             seen[rid] = line

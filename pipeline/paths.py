@@ -19,12 +19,12 @@ STAGES = ("draft", "essay", "evaluation")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
 
 
-def check_id(value, what="id", where=""):
+def check_id(value, what="id", where="", error=PipelineError):
     """Refuse ids that could escape their folder (``../x``, ``/etc``, empty, NUL, very long)."""
     text = "" if value is None else str(value)
     if not _SAFE_ID.match(text) or ".." in text:
         loc = f"{where}: " if where else ""
-        raise PipelineError(
+        raise error(
             f"{loc}invalid {what} {text[:80]!r}: use 1-128 letters, digits, '_', '-', '.', ':' or '+', "
             f"starting with a letter or digit, and no '..'"
         )

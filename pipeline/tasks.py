@@ -18,12 +18,12 @@ import luigi
 from . import generation
 from .catalog import load_catalog
 from .config import pipeline as pipeline_config
-from .errors import LLMError, PipelineError
+from .errors import PipelineError
 from .events import EventLog
 from .fsio import read_json, write_json_atomic, write_text_atomic
 from .llm import Backends
 from .membership import compile_cohort, read_membership
-from .paths import STAGES, Paths
+from .paths import Paths
 from . import store
 
 log = logging.getLogger("luigi-interface")
