@@ -56,8 +56,10 @@ def backfill(paths) -> int:
             log.emit("generation_completed", **base, **lineage, provider_model=meta.get("provider_model"),
                      finish_reason=meta.get("finish_reason"), prompt_tokens=meta.get("prompt_tokens"),
                      completion_tokens=meta.get("completion_tokens"), cost=meta.get("cost"),
-                     duration_s=meta.get("duration_s"), attempts=meta.get("attempts"), raw_path=os.fspath(raw),
-                     parsed_path=os.fspath(parsed), raw_sha256=sha256(raw_text), source="backfill",
+                     duration_s=meta.get("duration_s"), attempts=meta.get("attempts"),
+                     raw_path=os.path.relpath(raw, paths.data_root),
+                     parsed_path=os.path.relpath(parsed, paths.data_root),
+                     raw_sha256=sha256(raw_text), source="backfill",
                      copy=meta.get("generator") == "copy")
             written += 1
     log.fsync()

@@ -160,11 +160,14 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
         events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
     write_json_atomic(meta_path, meta)
     write_text_atomic(parsed_path, parsed)
-    common = dict(**base, **lineage, raw_path=os.fspath(raw_path), raw_sha256=meta["raw_sha256"])
+    # paths relative to data_root: machines sharing data/ may mount it in different places
+    rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),
+           "parsed_path": os.path.relpath(parsed_path, paths.data_root)}
+    common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
     if outcome == "reused":
-        events.emit("generation_reused", **common, parsed_path=os.fspath(parsed_path))
+        events.emit("generation_reused", **common)
     else:
-        events.emit("generation_completed", **common, parsed_path=os.fspath(parsed_path), source="run",
+        events.emit("generation_completed", **common, source="run",
                     copy=outcome == "copied", duration_s=duration,
                     **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
                                                       "completion_tokens", "cost", "attempts")})
