@@ -72,16 +72,12 @@ def cmd_status(args):
     return 1 if failures else 0
 
 
-def cmd_parse_score(args):
+def _passthrough():
+    """Subcommands with their own argument parsers: daydream NAME ARGS... == NAME's main(ARGS)."""
     from .parsers import parse_score_main
-
-    return parse_score_main(args.rest)
-
-
-def cmd_replay(args):
     from .replay import replay_main
 
-    return replay_main(args.rest)
+    return {"parse-score": parse_score_main, "replay": replay_main}
 
 
 def cmd_rebuild_log(args):
@@ -127,11 +123,9 @@ def build_parser():
     _add_roots(p)
     p.set_defaults(func=cmd_status)
 
-    for name, func, text in (("parse-score", cmd_parse_score, "print the score of saved evaluation responses"),
-                             ("replay", cmd_replay, "rebuild data/tables from the event log")):
-        p = sub.add_parser(name, help=text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=func)
+    # listed for --help; main() hands their arguments to their own parsers
+    sub.add_parser("parse-score", help="print the score of saved evaluation responses (--help for options)")
+    sub.add_parser("replay", help="rebuild data/tables from the event log (--help for options)")
 
     p = sub.add_parser("rebuild-log", help="write backfill events for generations that have files but no events")
     _add_roots(p)
@@ -151,6 +145,9 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("parse-score", "replay"):
+        return _passthrough()[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

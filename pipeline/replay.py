@@ -145,7 +145,7 @@ def fold(pairs) -> dict:
     for gen_id in sorted(gens):
         g, lin = gens[gen_id], lineage[gen_id]
         status = g.status or "pending"
-        cohort_ids = ";".join(sorted(g.cohorts))
+        cohort_ids = ";".join(sorted(g.cohorts)) if len(g.cohorts) > 1 else "".join(g.cohorts)
         error = g.error if status == "failed" else None
         if lin[0] == "evaluation":
             row = _eval_lineage(gen_id, lin, lineage)
