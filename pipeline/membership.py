@@ -93,6 +93,22 @@ def _replicates(row, axis, default, spec_path):
     return [rep]
 
 
+def _stage_levels(spec_path, catalog, row, stage):
+    """(template, model, replicates) of ``stage`` in one spec row; None if the spec stops before it."""
+    template_id = row.get(f"{stage}_template")
+    if not template_id:
+        return None
+    _check_level(spec_path, f"{stage}_template", template_id, catalog.templates[stage], f"{stage}_templates.csv")
+    llm_id = row.get(f"{stage}_llm")
+    if catalog.templates[stage][template_id].generator == "copy":
+        # a copy makes no call: it takes the draft's model so its id doesn't multiply per essay_llm
+        llm_id = row["draft_llm"]
+    if not llm_id:
+        raise SpecError(f"{spec_path}: {stage}_template {template_id!r} needs a {stage}_llm axis")
+    _check_level(spec_path, f"{stage}_llm", llm_id, catalog.models, "llm_models.csv")
+    return template_id, llm_id, _replicates(row, f"{stage}_template_replicate", catalog.replicates[stage], spec_path)
+
+
 def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
     check_id(cohort_id, "cohort id")
     spec_path = paths.spec_file(cohort_id)
@@ -109,7 +125,7 @@ def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
     mappings = read_mappings(paths.combo_mappings_csv)
     combos = {}
 
-    drafts, essays, evals = {}, {}, {}
+    tables = {stage: {} for stage in STAGES}
     for row in compiled.rows:
         cid = row.get("combo_id")
         if not cid or not row.get("draft_template") or not row.get("draft_llm"):
@@ -123,55 +139,38 @@ def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
                 if concept not in catalog.concepts:
                     raise SpecError(f"{spec_path}: combo {cid} uses concept {concept!r}, missing from the catalog")
             combos[cid] = info
-        _check_level(spec_path, "draft_template", row["draft_template"], catalog.templates["draft"], "draft_templates.csv")
-        _check_level(spec_path, "draft_llm", row["draft_llm"], catalog.models, "llm_models.csv")
-        for drep in _replicates(row, "draft_template_replicate", catalog.replicates["draft"], spec_path):
-            d_id = ids.draft_id(cid, row["draft_template"], row["draft_llm"], drep)
-            drafts[d_id] = {"stage": "draft", "gen_id": d_id, "parent_gen_id": "", "combo_id": cid,
-                            "template_id": row["draft_template"], "llm_model_id": row["draft_llm"], "replicate": drep}
-            if not row.get("essay_template"):
-                continue
-            etpl = row["essay_template"]
-            _check_level(spec_path, "essay_template", etpl, catalog.templates["essay"], "essay_templates.csv")
-            copy = catalog.templates["essay"][etpl].generator == "copy"
-            # a copy-mode essay makes no call: it takes the draft's model so ids don't multiply per essay_llm
-            e_llm = row["draft_llm"] if copy else row.get("essay_llm")
-            if not e_llm:
-                raise SpecError(f"{spec_path}: essay_template {etpl!r} needs an essay_llm axis")
-            _check_level(spec_path, "essay_llm", e_llm, catalog.models, "llm_models.csv")
-            for erep in _replicates(row, "essay_template_replicate", catalog.replicates["essay"], spec_path):
-                e_id = ids.essay_id(d_id, etpl, e_llm, erep)
-                essays[e_id] = {"stage": "essay", "gen_id": e_id, "parent_gen_id": d_id, "combo_id": cid,
-                                "template_id": etpl, "llm_model_id": e_llm, "replicate": erep}
-                if not row.get("evaluation_template"):
-                    continue
-                vtpl, v_llm = row["evaluation_template"], row.get("evaluation_llm")
-                _check_level(spec_path, "evaluation_template", vtpl, catalog.templates["evaluation"],
-                             "evaluation_templates.csv")
-                if not v_llm:
-                    raise SpecError(f"{spec_path}: evaluation_template {vtpl!r} needs an evaluation_llm axis")
-                _check_level(spec_path, "evaluation_llm", v_llm, catalog.models, "llm_models.csv")
-                for vrep in _replicates(row, "evaluation_template_replicate", catalog.replicates["evaluation"], spec_path):
-                    v_id = ids.evaluation_id(e_id, vtpl, v_llm, vrep)
-                    evals[v_id] = {"stage": "evaluation", "gen_id": v_id, "parent_gen_id": e_id, "combo_id": cid,
-                                   "template_id": vtpl, "llm_model_id": v_llm, "replicate": vrep}
-    if not drafts:
+        parents = [cid]  # drafts hang off the combo, essays off drafts, evaluations off essays
+        for stage in STAGES:
+            levels = _stage_levels(spec_path, catalog, row, stage)
+            if levels is None:
+                break
+            template_id, llm_id, replicates = levels
+            children = []
+            for parent in parents:
+                for rep in replicates:
+                    gid = ids.gen_id(stage, parent, template_id, llm_id, rep)
+                    tables[stage][gid] = {"stage": stage, "gen_id": gid,
+                                          "parent_gen_id": "" if stage == "draft" else parent, "combo_id": cid,
+                                          "template_id": template_id, "llm_model_id": llm_id, "replicate": rep}
+                    children.append(gid)
+            parents = children
+    if not tables["draft"]:
         raise SpecError(f"{spec_path}: the spec compiles to no generations")
 
-    used = {(r["stage"], r["template_id"]) for table in (drafts, essays, evals) for r in table.values()}
+    used = {(r["stage"], r["template_id"]) for table in tables.values() for r in table.values()}
     for stage, tid in sorted(used):
         catalog.check_template_variables(stage, tid)
     for info in combos.values():
         for concept in info["concepts"]:
             catalog.concept_text(concept, info["description_level"])
 
-    rows = [drafts[k] for k in sorted(drafts)] + [essays[k] for k in sorted(essays)] + [evals[k] for k in sorted(evals)]
+    rows = [table[k] for table in tables.values() for k in sorted(table)]
     manifest = {
         "cohort_id": cohort_id,
         "spec_hash": spec_folder_hash(spec_path),
         "catalog_hash": catalog.hash,
         "axes": compiled.axes,
-        "counts": {"draft": len(drafts), "essay": len(essays), "evaluation": len(evals)},
+        "counts": {stage: len(table) for stage, table in tables.items()},
         "combos": {cid: {"concepts": list(info["concepts"]), "description_level": info["description_level"],
                          "k_max": info["k_max"]} for cid, info in sorted(combos.items())},
     }

@@ -157,7 +157,7 @@ def fold(pairs) -> dict:
             done = g.done or (None,) * 6
             generations.append((gen_id,) + lin + (status,) + done[:5]
                                + (done[5] or g.reused_ts, cohort_ids, error))
-    calls.sort(key=lambda c: (c[0], c[1]))
+    calls.sort()  # by (ts, event_id): unique, so rows are never compared
     return {
         "generation_results": (COLUMNS["generation_results"], generations),
         "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
