@@ -134,7 +134,8 @@ def parse_floor(events_dir) -> int:
     return n
 
 
-def main(argv=None) -> dict:
+def main(argv=()) -> dict:
+    """Run the benchmark; ``argv`` as on the command line (empty: defaults). Returns the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--writers", type=int, default=8)
@@ -170,4 +171,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

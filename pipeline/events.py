@@ -104,8 +104,8 @@ class EventLog:
 
     def close(self):
         with self._lock:
-            if self._fd is not None and self._pid == os.getpid():
-                os.close(self._fd)
+            if self._fd is not None:
+                os.close(self._fd)  # in a forked child this closes only the child's copy
             self._fd = None
 
     def __enter__(self):
@@ -116,7 +116,9 @@ class EventLog:
 
     def _open_segment(self):
         if self._pid != os.getpid():
-            # Forked child: the inherited descriptor belongs to the parent's segment.
+            # Forked child: the inherited descriptor is the parent's segment; drop our copy.
+            if self._fd is not None:
+                os.close(self._fd)
             self._pid, self._fd, self.path = os.getpid(), None, None
         now = datetime.now(timezone.utc)
         host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"

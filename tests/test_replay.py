@@ -222,7 +222,7 @@ def test_torn_last_line_is_skipped_and_the_rest_used(tmp_path, caplog):
     assert stats.rows["generation_results"] == 5 and stats.read.events == N_EVENTS
 
 
-def test_malformed_middle_line_stops_replay_unless_skip_bad(tmp_path, capsys):
+def test_malformed_middle_line_stops_replay_unless_skip_bad(tmp_path):
     segment = write_full_log(tmp_path / "events")
     lines = segment.read_text().splitlines(keepends=True)
     lines[4] = '{"broken": \n'
