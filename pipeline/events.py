@@ -91,9 +91,13 @@ class EventLog:
                                     f"JSON-serialisable: {exc}") from exc
             # One write per line; a short write (rare: signal, full disk) is completed so the
             # line stays whole - this process is the segment's only writer.
-            written = os.write(self._fd, data)
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
+            try:
+                written = os.write(self._fd, data)
+                while written < len(data):
+                    written += os.write(self._fd, data[written:])
+            except OSError as exc:
+                raise EventLogError(f"{self.path}: cannot append an event ({exc.strerror}); free disk "
+                                    "space or fix permissions, then rerun") from None
         return event
 
     def fsync(self):

@@ -5,25 +5,71 @@
 """
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
 from .errors import StoreError
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
+_TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
+
 
 def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's host and pid in the name let remove_stale_tmp() tell leftovers of a killed
+    # writer from files being written right now
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp-{_HOST}-{os.getpid()}",
+                                   dir=path.parent)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
+                         f"then rerun") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
-    except BaseException:
+    except BaseException as exc:
         os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
+                             f"then rerun") from None
         raise
     return tmp
+
+
+def remove_stale_tmp(folder) -> int:
+    """Delete temporary files left in ``folder`` by writers on this host that are no longer running."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        m = _TMP.match(name)
+        if not m or m["host"] != _HOST or _alive(int(m["pid"])):
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_bytes_atomic(path, data: bytes, fsync: bool = True) -> None:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 from . import parsers, prompts
 from .errors import ParseError, PipelineError, StoreError
-from .fsio import read_json, write_json_atomic, write_text_atomic, write_text_once
+from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic, write_text_once
 
 LINEAGE = ("parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
 
@@ -93,14 +93,30 @@ def _model(ctx, meta):
 
 
 def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
-    paths, events = ctx.paths, ctx.events
-    gdir = paths.gen_dir(stage, gen_id)
-    parsed_path, raw_path, meta_path = gdir / "parsed.txt", gdir / "raw.txt", gdir / "metadata.json"
-    if parsed_path.exists():
+    """Run one generation; any failure is recorded (metadata, events) before it is raised."""
+    gdir = ctx.paths.gen_dir(stage, gen_id)
+    remove_stale_tmp(gdir)
+    if (gdir / "parsed.txt").exists():
         return "done"
-    meta = load_meta(paths, stage, gen_id)
-    lineage = {k: meta[k] for k in LINEAGE}
     base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
+    try:
+        meta = load_meta(ctx.paths, stage, gen_id)
+    except PipelineError as exc:
+        # unreadable metadata is left as it is for the user to inspect; the log still hears of it
+        ctx.events.emit("generation_failed", **base, error_class=type(exc).__name__, error=str(exc))
+        ctx.events.fsync()
+        raise
+    try:
+        return _run(ctx, meta, gdir, base)
+    except PipelineError as exc:
+        _fail(ctx, meta, gdir / "metadata.json", base, exc)
+        raise
+
+
+def _run(ctx, meta, gdir, base) -> str:
+    paths, events, stage = ctx.paths, ctx.events, meta["stage"]
+    parsed_path, raw_path, meta_path = gdir / "parsed.txt", gdir / "raw.txt", gdir / "metadata.json"
+    lineage = {k: meta[k] for k in LINEAGE}
     template = _template(ctx, meta)
     started = time.monotonic()
     meta.update(template_id=template.template_id, parser=template.parser, generator=template.generator,
@@ -125,11 +141,7 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
                         status=status, error_class=error_class, message=message, will_retry=will_retry,
                         delay_s=delay_s)
 
-        try:
-            result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
-        except PipelineError as exc:
-            _fail(ctx, meta, meta_path, base, lineage, exc)
-            raise
+        result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
         raw = result.text
         call_info = {
             "provider_model": result.provider_model, "model": model.model, "provider": model.provider,
@@ -150,7 +162,6 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
         parsed, score = parse(stage, template.parser, raw)
     except ParseError as exc:
         events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
-        _fail(ctx, meta, meta_path, base, lineage, exc)
         raise
     duration = round(time.monotonic() - started, 3)
     meta.update(status="done", error=None, completed_at=now_iso(), duration_s=duration,
@@ -159,10 +170,10 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
         meta.update(score=score.score, score_scale=score.scale)
         events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
     write_json_atomic(meta_path, meta)
-    write_text_atomic(parsed_path, parsed)
-    # paths relative to data_root: machines sharing data/ may mount it in different places
-    rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),
-           "parsed_path": os.path.relpath(parsed_path, paths.data_root)}
+    # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
+    # logs a reuse); the other order could leave a finished generation the log never hears of
+    rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),   # relative: data/ may be mounted
+           "parsed_path": os.path.relpath(parsed_path, paths.data_root)}  # elsewhere on other machines
     common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
     if outcome == "reused":
         events.emit("generation_reused", **common)
@@ -172,11 +183,13 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
                     **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
                                                       "completion_tokens", "cost", "attempts")})
     events.fsync()
+    write_text_atomic(parsed_path, parsed)
     return outcome
 
 
-def _fail(ctx, meta, meta_path, base, lineage, exc):
+def _fail(ctx, meta, meta_path, base, exc):
     meta.update(status="failed", error=str(exc), error_class=type(exc).__name__, failed_at=now_iso())
     write_json_atomic(meta_path, meta)
+    lineage = {k: meta[k] for k in LINEAGE}
     ctx.events.emit("generation_failed", **base, **lineage, error_class=type(exc).__name__, error=str(exc))
     ctx.events.fsync()

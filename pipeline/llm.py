@@ -46,7 +46,8 @@ class Backends:
                 raise LLMError(f"no API key: set the {self.api_key_env} environment variable "
                                f"(or use a model whose provider is 'local')", retryable=False)
             self._client = OpenAIClient(self.base_url, key, timeout=(10, self.timeout_s),
-                                        max_attempts=self.max_attempts, backoff_base=self.backoff_base_s)
+                                        max_attempts=self.max_attempts, backoff_base=self.backoff_base_s,
+                                        key_name=self.api_key_env)
         return self._client
 
     def complete(self, model, prompt, *, stage, on_attempt_failed=None) -> LLMResult:

@@ -25,7 +25,7 @@ from .errors import LLMError
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _FATAL_MESSAGES = {
     400: "request rejected as malformed (HTTP 400)",
-    401: "API key rejected - check the key env var (HTTP 401)",
+    401: "API key rejected - check the key in {key_name} (HTTP 401)",
     402: "out of credit - top up the account (HTTP 402)",
     403: "request forbidden, e.g. moderation or key limits (HTTP 403)",
     404: "unknown model {model} (HTTP 404) - check the model id",
@@ -92,11 +92,15 @@ class OpenAIClient:
 
     def __init__(self, base_url, api_key=None, *, timeout=(5, 120), max_attempts=6, backoff_base=1.0,
                  backoff_max=60.0, max_retry_after=120.0, deadline_s=None, on_attempt_failed=None,
-                 session=None):
+                 session=None, key_name="the API key variable", max_rate_limited=30):
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key or None
+        self.key_name = key_name  # the variable's name, for messages; never its value
+        # 429s say "slow down", not "broken": they get a budget of their own so that workers
+        # sharing a provider's concurrency limit wait their turn instead of giving up
+        self.max_rate_limited = max_rate_limited
         self.timeout = tuple(timeout) if isinstance(timeout, (tuple, list)) else (timeout, timeout)
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
@@ -131,7 +135,7 @@ class OpenAIClient:
             payload["temperature"] = temperature
         start = time.monotonic()
         deadline = None if self.deadline_s is None else start + self.deadline_s
-        attempt = 0
+        attempt = rate_limited = 0
         while True:
             attempt += 1
             outcome = self._attempt(model, payload, deadline)
@@ -140,8 +144,12 @@ class OpenAIClient:
                 outcome.duration_s = time.monotonic() - start
                 return outcome
             fail = outcome
+            if fail.status == 429:
+                rate_limited += 1
             delay = self._delay(attempt, fail.retry_after)
-            will_retry = (fail.retryable and attempt < self.max_attempts
+            within_budget = (rate_limited <= self.max_rate_limited if fail.status == 429
+                             else attempt - rate_limited < self.max_attempts)
+            will_retry = (fail.retryable and within_budget
                           and (deadline is None or time.monotonic() + delay < deadline))
             if self.on_attempt_failed is not None:
                 self.on_attempt_failed(attempt, fail.status, fail.error_class, fail.message,
@@ -152,13 +160,15 @@ class OpenAIClient:
         if not fail.retryable:
             raise LLMError(f"model {model}: {fail.message}", status=fail.status, retryable=False,
                            attempts=attempt, error_class=fail.error_class)
-        why = "deadline reached" if attempt < self.max_attempts else "attempts exhausted"
+        why = "deadline reached" if within_budget else "attempts exhausted"
         raise LLMError(f"model {model}: gave up after {attempt} attempts ({why}); last error "
                        f"{fail.error_class}: {fail.message}", status=fail.status, retryable=True,
                        attempts=attempt, error_class=fail.error_class)
 
     def _delay(self, attempt, retry_after) -> float:
-        backoff = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+        # "equal jitter": at least half the exponential step, so retries really back off
+        step = min(self.backoff_max, self.backoff_base * 2 ** (min(attempt, 30) - 1))
+        backoff = step / 2 + random.uniform(0, step / 2)
         if retry_after is None:
             return backoff
         # Retry-After is a lower bound; the jitter still spreads out clients told the same time.
@@ -204,7 +214,8 @@ class OpenAIClient:
         if status in RETRYABLE_STATUSES or status >= 500:
             return _Failure(status, f"http_{status}", f"HTTP {status}: {said}", True,
                             parse_retry_after(resp.headers.get("Retry-After")))
-        what = _FATAL_MESSAGES.get(status, f"request refused (HTTP {status})").format(model=model)
+        what = _FATAL_MESSAGES.get(status, f"request refused (HTTP {status})")
+        what = what.format(model=model, key_name=self.key_name)
         return _Failure(status, f"http_{status}", f"{what}; server said: {said}", False)
 
     def _parse_ok(self, model, body) -> "LLMResult | _Failure":
@@ -216,7 +227,8 @@ class OpenAIClient:
             code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() else None
             retryable = code is None or code in RETRYABLE_STATUSES or code >= 500
             if not retryable:
-                what = _FATAL_MESSAGES.get(code, f"request refused (code {code})").format(model=model)
+                what = _FATAL_MESSAGES.get(code, f"request refused (code {code})")
+                what = what.format(model=model, key_name=self.key_name)
                 return _Failure(code, f"api_error_{code}", f"{what}; server said: {str(msg)[:_SNIPPET]}", False)
             return _Failure(200, "api_error", f"error in 200 body (code {code}): {str(msg)[:_SNIPPET]}", True)
         choices = body.get("choices")

@@ -125,21 +125,24 @@ def log_state(paths) -> str:
     return digest.hexdigest()[:16]
 
 
-def _read_meta(paths, row):
-    path = paths.gen_dir(row["stage"], row["gen_id"]) / "metadata.json"
-    try:
-        return read_json(path)
-    except (FileNotFoundError, StoreError):
-        return {}
-
-
 def generation_state(paths, row):
-    """(state, meta) with state one of done, failed, pending."""
+    """(state, meta) with state one of done, failed, pending; a failure's reason is in meta["error"]."""
     gdir = paths.gen_dir(row["stage"], row["gen_id"])
-    meta = _read_meta(paths, row)
+    try:
+        meta = read_json(gdir / "metadata.json")
+    except FileNotFoundError:
+        meta = {}
+    except StoreError as exc:
+        return "failed", {"error": str(exc)}
     if (gdir / "parsed.txt").exists():
         return "done", meta
-    if meta.get("status") == "failed" or (gdir / "failed.json").exists():
+    if (gdir / "failed.json").exists():
+        try:
+            marker = read_json(gdir / "failed.json")
+        except StoreError:
+            marker = {}
+        return "failed", {**meta, "error": meta.get("error") or marker.get("error")}
+    if meta.get("status") == "failed":
         return "failed", meta
     return "pending", meta
 

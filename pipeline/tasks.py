@@ -4,23 +4,27 @@
     luigi --module pipeline BuildCohort --cohort-id demo --local-scheduler
     luigi --module pipeline EvaluationTask --gen-id v_abc --local-scheduler
 
-RunCohort schedules work in chunks through dynamic dependencies: the scheduler only ever holds
-one chunk of generations (plus their parents), which keeps Luigi's per-task scheduling cost
-from growing with the cohort. Completion is checked in bulk, from files on disk.
+RunCohort runs the generations in chunks ([pipeline] chunk_size), each chunk with a fresh local
+scheduler and the same --workers: a Luigi scheduler holds every task it has seen until its worker
+exits, so one scheduler (or dynamic dependencies) for a whole cohort costs O(n^2) (see
+bench/scale_bench.py). Completion is checked in bulk, from files on disk.
 """
 import logging
 import os
+import threading
 import time
 import uuid
 
 import luigi
+import luigi.worker
+from luigi.cmdline_parser import CmdlineParser
 
 from . import generation
 from .catalog import load_catalog
 from .config import pipeline as pipeline_config
 from .errors import PipelineError
 from .events import EventLog
-from .fsio import read_json, write_json_atomic, write_text_atomic
+from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic
 from .llm import Backends
 from .membership import compile_cohort, read_membership
 from .paths import Paths
@@ -28,17 +32,30 @@ from . import store
 
 log = logging.getLogger("luigi-interface")
 
-# One id per luigi command: forked task processes inherit it. A generation that failed during this
+# One id per luigi process (forked task processes inherit it). A generation that failed during this
 # run counts as finished for this run (so the cohort goes on), and is retried by the next run.
-RUN_ID = os.environ.setdefault("DAYDREAM_RUN_ID", f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+RUN_ID = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 RUN_STARTED = generation.now_iso()
 
 _CONTEXT = {}
+_PATHS = []  # [(key, Paths)]: the last config seen and its Paths
+
+
+def config_paths():
+    """``Paths.from_config()``, cached while the config stays the same.
+
+    Building a luigi Config costs about a millisecond; tasks ask for their paths many times each."""
+    parser = luigi.configuration.get_config()
+    section = tuple(parser.items("pipeline")) if parser.has_section("pipeline") else ()
+    cmdline = CmdlineParser.get_instance()
+    if not _PATHS or _PATHS[0][0][0] is not cmdline or _PATHS[0][0][1] != section:
+        _PATHS[:] = [((cmdline, section), Paths.from_config())]
+    return _PATHS[0][1]
 
 
 def context(cohort_id=None):
     """Paths, catalog, event writer and LLM backends, built once per process."""
-    paths = Paths.from_config()
+    paths = config_paths()
     key = (paths.data_root, paths.raw_root)
     if key not in _CONTEXT:
         _CONTEXT[key] = generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
@@ -53,14 +70,15 @@ class BuildCohort(luigi.Task):
     cohort_id = luigi.Parameter()
 
     def output(self):
-        return luigi.LocalTarget(Paths.from_config().membership_csv(self.cohort_id))
+        return luigi.LocalTarget(config_paths().membership_csv(self.cohort_id))
 
     def complete(self):
-        paths = Paths.from_config()
+        paths = config_paths()
         return store.cohort_is_current(paths, self.cohort_id, context().catalog)
 
     def run(self):
         ctx = context(self.cohort_id)
+        remove_stale_tmp(ctx.paths.cohort_dir(self.cohort_id))
         cohort = compile_cohort(ctx.paths, self.cohort_id, ctx.catalog)
         changed = store.write_cohort(ctx.paths, cohort, ctx.events)
         self.set_status_message(f"{cohort.counts} ({'changed' if changed else 'unchanged'})")
@@ -76,16 +94,24 @@ class _GenerationTask(luigi.Task):
 
     @property
     def _paths(self):
-        return Paths.from_config()
+        return config_paths()
 
     def _meta(self):
-        return generation.load_meta(self._paths, self.stage, self.gen_id)
+        # requires() and resources read the lineage, which never changes: read metadata.json once
+        gdir = self._paths.gen_dir(self.stage, self.gen_id)
+        cached = self.__dict__.get("_lineage")
+        if cached is None or cached[0] != gdir:
+            cached = self._lineage = (gdir, generation.load_meta(self._paths, self.stage, self.gen_id))
+        return cached[1]
 
     def requires(self):
         if self.parent_task is None:
             return []
-        return self.parent_task(gen_id=self._meta()["parent_gen_id"], cohort_id=self.cohort_id,
-                                keep_going=self.keep_going)
+        try:
+            parent = self._meta()["parent_gen_id"]
+        except PipelineError:
+            return []  # unreadable metadata: run() fails with the reason, and it is recorded
+        return self.parent_task(gen_id=parent, cohort_id=self.cohort_id, keep_going=self.keep_going)
 
     @property
     def resources(self):
@@ -147,7 +173,7 @@ class ReplayResults(luigi.Task):
     log_state = luigi.Parameter(default="")
 
     def output(self):
-        return luigi.LocalTarget(Paths.from_config().tables_dir / "_replayed_state.txt")
+        return luigi.LocalTarget(config_paths().tables_dir / "_replayed_state.txt")
 
     def complete(self):
         target = self.output()
@@ -157,8 +183,9 @@ class ReplayResults(luigi.Task):
     def run(self):
         from .replay import replay
 
-        paths = Paths.from_config()
+        paths = config_paths()
         state = self.log_state or store.log_state(paths)
+        remove_stale_tmp(paths.tables_dir)
         stats = replay(paths.events_dir, paths.tables_dir)
         write_text_atomic(self.output().path, state + "\n")
         self.set_status_message(str(stats))
@@ -174,19 +201,52 @@ class CohortReport(luigi.Task):
         return ReplayResults(log_state=self.log_state)
 
     def output(self):
-        return luigi.LocalTarget(Paths.from_config().reports_dir(self.cohort_id) / "summary.md")
+        return luigi.LocalTarget(config_paths().reports_dir(self.cohort_id) / "summary.md")
 
     def complete(self):
-        state_file = Paths.from_config().reports_dir(self.cohort_id) / "_state.txt"
+        state_file = config_paths().reports_dir(self.cohort_id) / "_state.txt"
         return bool(self.log_state) and state_file.exists() and \
             state_file.read_text(encoding="utf-8").strip() == self.log_state
 
     def run(self):
         from .reports import write_cohort_report
 
-        paths = Paths.from_config()
+        paths = config_paths()
+        for folder in (paths.reports_dir(self.cohort_id), paths.results_dir(self.cohort_id)):
+            remove_stale_tmp(folder)
         write_cohort_report(paths, self.cohort_id)
         write_text_atomic(paths.reports_dir(self.cohort_id) / "_state.txt", self.log_state + "\n")
+
+
+def _fresh_fork_lock():
+    # Luigi forks task processes while holding luigi.worker.fork_lock, so a forked RunCohort would
+    # inherit it held and deadlock as soon as its own chunk worker forks (--workers > 1).
+    luigi.worker.fork_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_fork_lock)
+
+
+def _build_chunk(tasks):
+    """Run one chunk with a local scheduler of its own.
+
+    Luigi's scheduler keeps every finished task of a worker until the worker exits and walks
+    them all on each request for work, so one scheduler for a whole cohort costs O(n^2)."""
+    from luigi.interface import core
+
+    # with --workers > 1 this runs in a forked process, which inherited luigi's fork lock in its
+    # held state (luigi forks while holding it): the nested worker would wait on it forever
+    luigi.worker.fork_lock = threading.Lock()
+    if not luigi.build(tasks, local_scheduler=True, workers=core().workers):
+        log.warning("some generations of this chunk did not finish; see the log above")
+
+
+def _central_scheduler():
+    """True when this run talks to a luigid: then every generation must go through it, so that
+    workers on several machines never run the same one."""
+    from luigi.interface import core
+
+    return not core().local_scheduler
 
 
 class RunCohort(luigi.Task):
@@ -199,10 +259,10 @@ class RunCohort(luigi.Task):
         return BuildCohort(cohort_id=self.cohort_id)
 
     def output(self):
-        return luigi.LocalTarget(Paths.from_config().cohort_dir(self.cohort_id) / "run_complete.json")
+        return luigi.LocalTarget(config_paths().cohort_dir(self.cohort_id) / "run_complete.json")
 
     def complete(self):
-        paths = Paths.from_config()
+        paths = config_paths()
         out = self.output()
         if not out.exists() or not BuildCohort(cohort_id=self.cohort_id).complete():
             return False
@@ -211,19 +271,30 @@ class RunCohort(luigi.Task):
             read_json(out.path).get("membership_sha256") == store.file_sha256(paths.membership_csv(self.cohort_id))
 
     def run(self):
-        paths = Paths.from_config()
+        paths = config_paths()
         rows = read_membership(paths.membership_csv(self.cohort_id))
-        chunk = self.chunk_size or pipeline_config().chunk_size
+        size = self.chunk_size or pipeline_config().chunk_size
         total = len(rows)
-        while True:
-            todo = store.pending(paths, rows, run_id=RUN_ID)
-            done = total - len(todo)
-            self.set_progress_percentage(round(100 * done / max(total, 1)))
-            self.set_status_message(f"{done}/{total} generations finished")
-            if not todo:
-                break
-            yield [TASK_BY_STAGE[r["stage"]](gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
-                   for r in todo[:chunk]]
+        todo = store.pending(paths, rows, run_id=RUN_ID)
+        central = _central_scheduler()
+        while todo:
+            for start in range(0, len(todo), size):
+                done = total - len(todo) + start
+                self.set_progress_percentage(round(100 * done / max(total, 1)))
+                self.set_status_message(f"{done}/{total} generations finished")
+                tasks = [TASK_BY_STAGE[r["stage"]](gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
+                         for r in todo[start:start + size]]
+                if central:
+                    yield tasks  # dynamic dependencies: luigid hands each one to exactly one worker
+                else:
+                    _build_chunk(tasks)
+            left = store.pending(paths, rows, run_id=RUN_ID)
+            if len(left) == len(todo):
+                raise PipelineError(f"cohort {self.cohort_id}: {len(left)} generation(s) neither finished nor "
+                                    f"failed cleanly (e.g. {left[0]['stage']} {left[0]['gen_id']}); see the log "
+                                    f"above for the error")
+            todo = left
+        self.set_progress_percentage(100)
         state = store.log_state(paths)
         yield CohortReport(cohort_id=self.cohort_id, log_state=state)
         summary = store.run_summary(paths, rows, RUN_STARTED)

@@ -174,9 +174,18 @@ def kill_group(proc, sig=signal.SIGKILL):
 def run_luigi(project, *args, env=None, base_url=None, timeout=120) -> subprocess.CompletedProcess:
     """Run ``luigi --module pipeline ARGS`` in ``project`` and wait; stdout/stderr captured as text.
 
-    ``base_url``: the LLM endpoint (a stub's base_url); default NO_LLM_URL. ``env``: extra variables."""
-    return subprocess.run(luigi_argv(project, *args), cwd=project.root, env=command_env(env, base_url),
-                          capture_output=True, text=True, timeout=timeout)
+    ``base_url``: the LLM endpoint (a stub's base_url); default NO_LLM_URL. ``env``: extra variables.
+    On timeout the whole process group (forked workers too) is killed and TimeoutExpired raised."""
+    argv = luigi_argv(project, *args)
+    proc = subprocess.Popen(argv, cwd=project.root, env=command_env(env, base_url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        kill_group(proc)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def run_daydream(project, command, *args, roots=True, env=None, timeout=60) -> subprocess.CompletedProcess:

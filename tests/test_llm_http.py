@@ -99,7 +99,7 @@ def test_three_500s_then_success():
 
 
 @pytest.mark.parametrize("fault, status, words", [
-    ("401", 401, "API key rejected - check the key env var"),
+    ("401", 401, "API key rejected - check the key in"),
     ("402", 402, "out of credit"),
     ("404", 404, f"unknown model {MODEL}"),
     ("400", 400, "malformed"),

@@ -1,5 +1,4 @@
 """Ids, combos and cohort membership: deterministic, shared across cohorts, errors name the spec."""
-import csv
 import os
 import subprocess
 import sys

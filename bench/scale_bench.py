@@ -1,0 +1,240 @@
+"""How long does RunCohort take for big cohorts against an LLM that answers instantly?
+
+    $ python bench/scale_bench.py [--sizes 1k,10k] [--workers 1] [--chunk-size N] [--no-naive] [--keep DIR]
+
+For each size, builds a temp project (luigi.cfg, a cohort spec over the demo catalog with paid
+models), starts ``python -m pipeline.stub_server`` (latency 0) and times, as subprocesses:
+``luigi --module pipeline RunCohort`` (first run), then the same command again (no-op rerun).
+For the 1k size it also times the naive flat design - one WrapperTask requiring every
+EvaluationTask (``NaiveCohort`` below) - so the chunked/naive ratio is printed. The server's
+count file checks exactly one LLM request per LLM generation, and none on the rerun.
+``main(argv)`` returns the numbers as a dict for bench/run_all.py.
+"""
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import luigi
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.tasks import EvaluationTask  # noqa: E402
+
+RAW_ROOT = REPO / "data" / "1_raw"
+CONCEPTS = ["idle-recombination", "critic-filter", "memory-consolidation", "feedback-flywheel",
+            "search-over-ideas", "proprietary-data-moat", "background-compute"]
+# 7 concepts, k_max 3 -> 35 combos; x draft replicates -> drafts; x 2 essay templates (one copy mode)
+# x essay replicates -> essays; x 2 evaluation templates -> evaluations.
+SIZES = {  # name: (draft replicates, essay replicates, evaluation replicates)
+    "1k": (7, 1, 1),      # 245 drafts, 490 essays, 980 evaluations
+    "10k": (7, 10, 1),    # 245 drafts, 4,900 essays, 9,800 evaluations
+}
+
+
+class NaiveCohort(luigi.WrapperTask):
+    """The flat design this bench compares against: every evaluation is a direct requirement."""
+
+    cohort_id = luigi.Parameter()
+
+    def requires(self):
+        from pipeline.membership import read_membership
+        from pipeline.paths import Paths
+
+        rows = read_membership(Paths.from_config().membership_csv(self.cohort_id))
+        return [EvaluationTask(gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
+                for r in rows if r["stage"] == "evaluation"]
+
+
+def spec(draft_reps, essay_reps, eval_reps) -> dict:
+    return {
+        "concepts": {"ids": CONCEPTS, "k_max": 3, "description_level": "paragraph"},
+        "axes": {
+            "draft_template": ["links-brainstorm-v1"], "draft_llm": ["gemini_25_flash"],
+            "essay_template": ["short-essay-v1", "draft-as-essay"], "essay_llm": ["sonnet_4"],
+            "evaluation_template": ["mechanism-check-v1", "clarity-v1"], "evaluation_llm": ["sonnet_4"],
+            "draft_template_replicate": list(range(1, draft_reps + 1)),
+            "essay_template_replicate": list(range(1, essay_reps + 1)),
+            "evaluation_template_replicate": list(range(1, eval_reps + 1)),
+        },
+    }
+
+
+def make_project(root: Path, cohort_id: str, reps, chunk_size=None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = (REPO / "luigi.cfg").read_text(encoding="utf-8")
+    if chunk_size:
+        cfg = "\n".join(f"chunk_size = {chunk_size}" if line.startswith("chunk_size") else line
+                        for line in cfg.splitlines()) + "\n"
+    (root / "luigi.cfg").write_text(cfg, encoding="utf-8")
+    spec_dir = root / "cohorts" / cohort_id
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    (spec_dir / "spec.yaml").write_text(yaml.safe_dump(spec(*reps), sort_keys=False), encoding="utf-8")
+    return root
+
+
+# ``python -m pipeline.stub_server`` with TCP_NODELAY: the stub sends headers and body in two writes,
+# and Nagle's algorithm + the client's delayed ACK would add ~40 ms to every answer.
+_STUB_MAIN = ("import sys, pipeline.stub_server as s; s._Handler.disable_nagle_algorithm = True; "
+              "s.main(sys.argv[1:])")
+
+
+class StubServer:
+    """``python -m pipeline.stub_server`` in a subprocess; ``count()`` = requests answered so far."""
+
+    def __init__(self, count_file: Path):
+        self.count_file = count_file
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _STUB_MAIN, "--port", "0", "--latency", "0", "--count-file", str(count_file)],
+            stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env())
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"stub server did not start (said {line!r})")
+        self.base_url = line[1]
+
+    def count(self) -> int:
+        if not self.count_file.exists():
+            return 0
+        with open(self.count_file, encoding="utf-8") as fh:
+            return sum(1 for _ in fh)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.update(extra)
+    return env
+
+
+def luigi_cmd(project: Path, module: str, task: str, cohort_id: str, workers: int, base_url: str,
+              extra=()) -> float:
+    """Run one luigi command in ``project``; return its wall time. Raises on a non-zero exit."""
+    cmd = [str(Path(sys.executable).parent / "luigi"), "--module", module, task, "--cohort-id", cohort_id,
+           "--local-scheduler", "--no-lock", "--workers", str(workers),
+           "--pipeline-raw-root", str(RAW_ROOT), "--log-level", "WARNING", *extra]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=project, env=_env(DAYDREAM_LLM_BASE_URL=base_url),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode} in {project}:\n{proc.stdout[-3000:]}")
+    return elapsed
+
+
+def counts(project: Path, cohort_id: str) -> dict:
+    """Generations per stage and how many of them call the LLM (copy-mode essays do not)."""
+    from pipeline.catalog import load_catalog
+    from pipeline.paths import Paths
+
+    catalog = load_catalog(Paths(project / "data", RAW_ROOT, project / "cohorts"))
+    with open(project / "data" / "cohorts" / cohort_id / "membership.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {stage: sum(1 for r in rows if r["stage"] == stage) for stage in ("draft", "essay", "evaluation")}
+    out["generations"] = len(rows)
+    out["llm_generations"] = sum(1 for r in rows
+                                 if catalog.templates[r["stage"]][r["template_id"]].generator != "copy")
+    return out
+
+
+def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
+    cohort_id = f"scale-{size}"
+    project = make_project(workdir / f"chunked-{size}", cohort_id, SIZES[size], chunk_size)
+    server = StubServer(project / "requests.tsv")
+    try:
+        first = luigi_cmd(project, "pipeline", "RunCohort", cohort_id, workers, server.base_url)
+        after_first = server.count()
+        rerun = luigi_cmd(project, "pipeline", "RunCohort", cohort_id, workers, server.base_url)
+        after_rerun = server.count()
+    finally:
+        server.close()
+    n = counts(project, cohort_id)
+    return {"size": size, **n, "first_s": first, "s_per_1k": 1000 * first / n["generations"],
+            "rerun_s": rerun, "requests_first": after_first, "requests_rerun": after_rerun - after_first}
+
+
+def bench_naive(workdir: Path, size: str, workers: int) -> dict:
+    cohort_id = f"naive-{size}"
+    project = make_project(workdir / f"naive-{size}", cohort_id, SIZES[size])
+    server = StubServer(project / "requests.tsv")
+    try:
+        build = luigi_cmd(project, "pipeline", "BuildCohort", cohort_id, workers, server.base_url)
+        run = luigi_cmd(project, "bench.scale_bench", "NaiveCohort", cohort_id, workers, server.base_url)
+        requests = server.count()
+    finally:
+        server.close()
+    n = counts(project, cohort_id)
+    return {"size": size, **n, "first_s": build + run, "s_per_1k": 1000 * (build + run) / n["generations"],
+            "requests_first": requests}
+
+
+def _print_table(results, naive):
+    head = (f"{'design':8} {'evals':>6} {'essays':>6} {'drafts':>6} {'gens':>6} {'LLM gens':>8} "
+            f"{'first s':>8} {'s/1k gens':>9} {'rerun s':>7} {'req first':>9} {'req rerun':>9}")
+    print(head)
+    print("-" * len(head))
+    for r in ([naive] if naive else []) + results:
+        design = "naive" if r is naive else "chunked"
+        rerun = f"{r['rerun_s']:7.1f}" if "rerun_s" in r else f"{'-':>7}"
+        req_rerun = f"{r['requests_rerun']:9d}" if "requests_rerun" in r else f"{'-':>9}"
+        print(f"{design:8} {r['evaluation']:6d} {r['essay']:6d} {r['draft']:6d} {r['generations']:6d} "
+              f"{r['llm_generations']:8d} {r['first_s']:8.1f} {r['s_per_1k']:9.2f} {rerun} "
+              f"{r['requests_first']:9d} {req_rerun}")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1k,10k", help=f"comma-separated, of {', '.join(SIZES)}")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--chunk-size", type=int, default=None, help="default: luigi.cfg [pipeline] chunk_size")
+    ap.add_argument("--no-naive", action="store_true", help="skip the naive flat baseline")
+    ap.add_argument("--keep", default=None, help="keep the projects in this folder")
+    args = ap.parse_args(argv)
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        ap.error(f"unknown size {unknown[0]!r}; use {', '.join(SIZES)}")
+
+    workdir = Path(args.keep or tempfile.mkdtemp(prefix="scale-bench-"))
+    try:
+        results = []
+        for size in sizes:
+            r = bench_chunked(workdir, size, args.workers, args.chunk_size)
+            results.append(r)
+            print(f"{size}: first run {r['first_s']:.1f} s, rerun {r['rerun_s']:.1f} s", file=sys.stderr)
+        naive = None if args.no_naive else bench_naive(workdir, "1k", args.workers)
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\nRunCohort scale bench: stub LLM with latency 0, --workers {args.workers}, "
+          f"chunk_size {args.chunk_size or 'from luigi.cfg'}")
+    _print_table(results, naive)
+    ok = True
+    for r in results:
+        if r["requests_first"] != r["llm_generations"] or r["requests_rerun"] != 0:
+            ok = False
+            print(f"WRONG: {r['size']}: {r['requests_first']} LLM requests for {r['llm_generations']} LLM "
+                  f"generations, {r['requests_rerun']} on the rerun (expected 0)")
+    chunked_1k = next((r for r in results if r["size"] == "1k"), None)
+    ratio = None
+    if naive and chunked_1k:
+        ratio = chunked_1k["first_s"] / naive["first_s"]
+        print(f"chunked/naive first-run time at 1k: {ratio:.2f}")
+    return {"workers": args.workers, "chunk_size": args.chunk_size, "chunked": results, "naive": naive,
+            "chunked_over_naive_1k": ratio, "ok": ok}
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main()["ok"] else 1)

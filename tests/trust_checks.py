@@ -1,0 +1,229 @@
+"""Checks shared by the "trust under failure" tests (crash/resume, disk full, luigid, secrets).
+
+    srv, admitted = recording_stub(make_stub, latency=0.3)   # admitted: [(monotonic, prompt sha)]
+    ...
+    assert_store_whole(project)                 # no temp files, no half-written JSON/text/event lines
+    assert_paid_once(project, "c1", srv, extra={sha_in_flight_at_kill})
+    assert_same_tables(project, result_tables(reference))
+"""
+import csv
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections import Counter
+from contextlib import contextmanager
+
+from conftest import BIN, command_env, luigi_argv
+
+# 4 concepts, pairs: 6 drafts, 6 essays, 12 evaluations = 24 LLM calls, every prompt distinct
+SPEC_24 = """\
+concepts: {ids: [idle-recombination, critic-filter, feedback-flywheel, search-over-ideas], k_max: 2, description_level: sentence}
+axes:
+  draft_template: [links-brainstorm-v1]
+  draft_llm: [gemini_25_flash]
+  essay_template: [short-essay-v1]
+  essay_llm: [sonnet_4]
+  evaluation_template: [mechanism-check-v1, clarity-v1]
+  evaluation_llm: [sonnet_4]
+"""
+SPEC_24_CALLS = 24
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def body_sha(body) -> str:
+    """The prompt sha the stub records for a request body."""
+    return sha("\n".join(m.get("content") or "" for m in body["messages"]))
+
+
+def recording_stub(make_stub, faults=None, **kwargs):
+    """A stub that also notes each request as it is admitted (before its latency elapses).
+
+    Returns (server, admitted) with admitted a list of (time.monotonic(), prompt sha).
+    ``faults``: optional callable(index, body) -> fault name, as for StubLLMServer."""
+    admitted = []
+
+    def note(index, body):
+        admitted.append((time.monotonic(), body_sha(body)))
+        return faults(index, body) if faults else None
+
+    return make_stub(faults=note, **kwargs), admitted
+
+
+def run_group(argv, cwd, env, timeout=90) -> subprocess.CompletedProcess:
+    """subprocess.run in a process group of its own: on timeout the whole group (forked task processes
+    included) is killed and the test fails with the output so far, instead of leaving orphans behind."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{argv[:5]} still running after {timeout}s (killed)\n--- stdout\n{out[-3000:]}"
+                             f"\n--- stderr\n{err[-3000:]}") from None
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a run that exited
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def luigi_run(project, *args, base_url, env=None, prefix=(), timeout=90, local_scheduler=True):
+    """``luigi --module pipeline ARGS`` in ``project`` (see conftest.luigi_argv), killed as a group on timeout.
+    ``prefix``: argv put in front (a wrapper that execs the rest)."""
+    argv = list(prefix) + luigi_argv(project, *args, local_scheduler=local_scheduler)
+    return run_group(argv, project.root, command_env(env, base_url), timeout)
+
+
+def wait_for(predicate, timeout, what, proc=None, log=None, poll=0.01):
+    """Poll ``predicate`` until it returns a truthy value (returned); fail after ``timeout`` s,
+    or early if ``proc`` exited (showing ``log``, a file path, when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}\n"
+                                 + (_tail(log) if log else ""))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" + (_tail(log) if log else ""))
+        time.sleep(poll)
+
+
+def _tail(path, n=4000):
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-n:]
+    except FileNotFoundError:
+        return f"({path} missing)"
+
+
+def wait_answered(srv, admitted, timeout=15):
+    """Wait until the stub has answered every admitted request (those in flight at a kill finish too)."""
+    wait_for(lambda: len(srv.requests) >= len(admitted), timeout, "the stub to answer in-flight requests")
+
+
+def has(project, row, name) -> bool:
+    return (project.gen_dir(row["stage"], row["gen_id"]) / name).exists()
+
+
+def prompt_sha_of(project, row):
+    path = project.gen_dir(row["stage"], row["gen_id"]) / "prompt.txt"
+    return sha(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def unsaved_shas(project, cohort_id) -> set:
+    """Prompt shas of LLM generations that sent a prompt but have no raw.txt (a bought answer not kept)."""
+    return {prompt_sha_of(project, r) for r in project.llm_rows(cohort_id)
+            if has(project, r, "prompt.txt") and not has(project, r, "raw.txt")}
+
+
+def assert_paid_once(project, cohort_id, srv, extra=()):
+    """Every LLM generation of the cohort got exactly one successful answer at ``srv``, except that each
+    prompt sha in ``extra`` (answers lost to a kill; repeated if lost more than once) got one more."""
+    expected = Counter(prompt_sha_of(project, r) for r in project.llm_rows(cohort_id))
+    assert None not in expected, "some LLM generation has no prompt.txt"
+    got = Counter(r["prompt_sha"] for r in srv.requests if r["status"] == 200 and r["fault"] is None)
+    for s in extra:
+        expected[s] += 1
+    diff = {s: (got[s], expected[s]) for s in set(got) | set(expected) if got[s] != expected[s]}
+    assert not diff, f"(successful answers, expected) per prompt sha differ: {diff}"
+
+
+def assert_store_whole(project, tmp_ok=False):
+    """What a crash must never leave behind: unparsable JSON, empty outputs, bad event lines (a segment
+    may end in one torn line: its writer died mid-write), or temp files. ``tmp_ok``: right after a
+    SIGKILL, temp files of writes cut short are expected (never under a target's name); a later
+    run must have cleaned them up."""
+    data = project.data_root
+    leftovers = [str(p) for p in data.rglob("*") if p.name.endswith(".tmp")]
+    if tmp_ok:
+        assert all(os.path.basename(p).startswith(".") for p in leftovers), leftovers
+    else:
+        assert not leftovers, f"temporary files left behind: {leftovers}"
+    for path in data.rglob("metadata.json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise AssertionError(f"{path} is not valid JSON: {exc}") from None
+    empty = [str(p) for p in data.rglob("parsed.txt") if not p.read_text(encoding="utf-8").strip()]
+    assert not empty, f"empty parsed.txt: {empty}"
+    for seg in data.glob("events/*/*.jsonl"):
+        # every line up to the last newline is whole; what follows it (if anything) may be torn
+        for no, line in enumerate(seg.read_bytes().split(b"\n")[:-1], 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise AssertionError(f"{seg}:{no}: unparsable event line {line[:120]!r}") from None
+
+
+KEY_COLUMNS = {"generation_results": ("gen_id", "status"),
+               "evaluation_results": ("gen_id", "score", "status"),
+               "scores_long": ("gen_id", "score")}
+
+
+def result_tables(project) -> dict:
+    """data/tables/{generation_results,evaluation_results,scores_long}.csv reduced to the columns that do
+    not depend on timing: sorted lists of tuples (duplicates kept, so a double-counted score shows)."""
+    out = {}
+    for name, cols in KEY_COLUMNS.items():
+        with open(project.data_root / "tables" / f"{name}.csv", newline="", encoding="utf-8") as f:
+            out[name] = sorted(tuple(row[c] for c in cols) for row in csv.DictReader(f))
+    return out
+
+
+def assert_same_tables(project, reference):
+    """``project``'s result tables equal ``reference`` (from ``result_tables``); shows the rows that differ."""
+    tables = result_tables(project)
+    for name, rows in reference.items():
+        missing = sorted(set(rows) - set(tables[name]))
+        unexpected = sorted(set(tables[name]) - set(rows))
+        assert tables[name] == rows, (f"{name}.csv differs from an uninterrupted run: rows missing {missing}, "
+                                      f"unexpected {unexpected} ({len(tables[name])} rows vs {len(rows)})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def luigid(tmp_path, env=None):
+    """A real central scheduler on a free loopback port; yields (url, state_path, logdir, output_path)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    state, logdir, out_path = tmp_path / "state.pickle", tmp_path / "luigid-logs", tmp_path / "luigid.out"
+    logdir.mkdir(exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "luigid"), "--port", str(port), "--address", "127.0.0.1",
+                                 "--state-path", str(state), "--logdir", str(logdir)],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        def answers():
+            try:
+                with urllib.request.urlopen(f"{url}/api/task_list?data={{}}", timeout=1) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        wait_for(answers, 30, "luigid to answer HTTP", proc=proc, log=out_path, poll=0.1)
+        yield url, state, logdir, out_path
+    finally:
+        proc.terminate()  # SIGTERM: luigid saves its state file on the way out
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
