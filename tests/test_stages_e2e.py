@@ -101,6 +101,31 @@ def test_run_completes_with_the_models_answers(tiny):
     assert (project.data_root / "cohorts" / "c1" / "run_complete.json").exists()
 
 
+def test_replayed_tables_match_the_files_on_disk(tiny):
+    import csv
+
+    project = tiny["project"]
+    tables = project.data_root / "tables"
+    with open(tables / "evaluation_results.csv", newline="") as fh:
+        evaluations = {r["gen_id"]: r for r in csv.DictReader(fh)}
+    with open(tables / "generation_results.csv", newline="") as fh:
+        generations = {r["gen_id"]: r for r in csv.DictReader(fh)}
+    for row in project.membership("c1", "evaluation"):
+        table_row = evaluations[row["gen_id"]]
+        assert float(table_row["score"]) == float(project.read("evaluation", row["gen_id"], "parsed.txt"))
+        essay = project.meta("essay", row["parent_gen_id"])
+        assert (table_row["essay_gen_id"], table_row["draft_gen_id"]) == (essay["gen_id"], essay["parent_gen_id"])
+        assert table_row["essay_template"] == essay["template_id"] and table_row["status"] == "done"
+        assert "c1" in table_row["cohort_ids"].split(";")
+    for row in project.membership("c1"):
+        if row["stage"] != "evaluation":
+            meta = project.meta(row["stage"], row["gen_id"])
+            table_row = generations[row["gen_id"]]
+            assert table_row["status"] == "done" and table_row["template_id"] == meta["template_id"]
+            assert str(table_row["completion_tokens"] or "") == str(meta.get("completion_tokens") or "")
+    assert set(evaluations) == {r["gen_id"] for r in project.membership("c1", "evaluation")}
+
+
 def test_metadata_records_the_call(tiny):
     project = tiny["project"]
     for row in project.llm_rows("c1"):
