@@ -80,19 +80,13 @@ def make_project(root: Path, cohort_id: str, reps, chunk_size=None) -> Path:
     return root
 
 
-# ``python -m pipeline.stub_server`` with TCP_NODELAY: the stub sends headers and body in two writes,
-# and Nagle's algorithm + the client's delayed ACK would add ~40 ms to every answer.
-_STUB_MAIN = ("import sys, pipeline.stub_server as s; s._Handler.disable_nagle_algorithm = True; "
-              "s.main(sys.argv[1:])")
-
-
 class StubServer:
     """``python -m pipeline.stub_server`` in a subprocess; ``count()`` = requests answered so far."""
 
     def __init__(self, count_file: Path):
         self.count_file = count_file
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _STUB_MAIN, "--port", "0", "--latency", "0", "--count-file", str(count_file)],
+            [sys.executable, "-m", "pipeline.stub_server", "--port", "0", "--latency", "0", "--count-file", str(count_file)],
             stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env())
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "READY":

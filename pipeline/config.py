@@ -8,7 +8,7 @@ class pipeline(luigi.Config):  # noqa: N801 - the class name is the [pipeline] s
     data_root = luigi.Parameter(default="data")
     raw_root = luigi.Parameter(default="")
     cohorts_root = luigi.Parameter(default="cohorts")
-    chunk_size = luigi.IntParameter(default=500, description="generations scheduled per dynamic chunk")
+    chunk_size = luigi.IntParameter(default=200, description="generations scheduled per dynamic chunk")
 
 
 class llm(luigi.Config):  # noqa: N801

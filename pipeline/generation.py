@@ -133,7 +133,7 @@ def _run(ctx, meta, gdir, base) -> str:
     else:
         model = _model(ctx, meta)
         prompt = render(ctx, meta)
-        write_text_atomic(gdir / "prompt.txt", prompt)
+        write_text_atomic(gdir / "prompt.txt", prompt, fsync=False)  # re-rendered if lost
         events.emit("generation_started", **base, **lineage)
 
         def failed(attempt, status, error_class, message, will_retry, delay_s):

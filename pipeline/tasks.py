@@ -233,10 +233,6 @@ def _build_chunk(tasks):
     Luigi's scheduler keeps every finished task of a worker until the worker exits and walks
     them all on each request for work, so one scheduler for a whole cohort costs O(n^2)."""
     from luigi.interface import core
-
-    # with --workers > 1 this runs in a forked process, which inherited luigi's fork lock in its
-    # held state (luigi forks while holding it): the nested worker would wait on it forever
-    luigi.worker.fork_lock = threading.Lock()
     if not luigi.build(tasks, local_scheduler=True, workers=core().workers):
         log.warning("some generations of this chunk did not finish; see the log above")
 
