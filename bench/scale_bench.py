@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.tasks import EvaluationTask  # noqa: E402
+from pipeline.stub_server import StubProcess  # noqa: E402
 
 RAW_ROOT = REPO / "data" / "1_raw"
 CONCEPTS = ["idle-recombination", "critic-filter", "memory-consolidation", "feedback-flywheel",
@@ -80,31 +81,6 @@ def make_project(root: Path, cohort_id: str, reps, chunk_size=None) -> Path:
     return root
 
 
-class StubServer:
-    """``python -m pipeline.stub_server`` in a subprocess; ``count()`` = requests answered so far."""
-
-    def __init__(self, count_file: Path):
-        self.count_file = count_file
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stub_server", "--port", "0", "--latency", "0", "--count-file", str(count_file)],
-            stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env())
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "READY":
-            self.proc.kill()
-            raise RuntimeError(f"stub server did not start (said {line!r})")
-        self.base_url = line[1]
-
-    def count(self) -> int:
-        if not self.count_file.exists():
-            return 0
-        with open(self.count_file, encoding="utf-8") as fh:
-            return sum(1 for _ in fh)
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
 def _env(**extra):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
@@ -145,12 +121,12 @@ def counts(project: Path, cohort_id: str) -> dict:
 def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
     cohort_id = f"scale-{size}"
     project = make_project(workdir / f"chunked-{size}", cohort_id, SIZES[size], chunk_size)
-    server = StubServer(project / "requests.tsv")
+    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=_env())
     try:
         first = luigi_cmd(project, "pipeline", "RunCohort", cohort_id, workers, server.base_url)
-        after_first = server.count()
+        after_first = len(server.statuses())
         rerun = luigi_cmd(project, "pipeline", "RunCohort", cohort_id, workers, server.base_url)
-        after_rerun = server.count()
+        after_rerun = len(server.statuses())
     finally:
         server.close()
     n = counts(project, cohort_id)
@@ -161,11 +137,11 @@ def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
 def bench_naive(workdir: Path, size: str, workers: int) -> dict:
     cohort_id = f"naive-{size}"
     project = make_project(workdir / f"naive-{size}", cohort_id, SIZES[size])
-    server = StubServer(project / "requests.tsv")
+    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=_env())
     try:
         build = luigi_cmd(project, "pipeline", "BuildCohort", cohort_id, workers, server.base_url)
         run = luigi_cmd(project, "bench.scale_bench", "NaiveCohort", cohort_id, workers, server.base_url)
-        requests = server.count()
+        requests = len(server.statuses())
     finally:
         server.close()
     n = counts(project, cohort_id)

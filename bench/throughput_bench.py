@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.events import read_events  # noqa: E402
+from pipeline.stub_server import StubProcess  # noqa: E402
 
 RAW_ROOT = REPO / "data" / "1_raw"
 POOL = 8  # [resources] llm_paid in the bench's luigi.cfg
@@ -51,32 +52,6 @@ def _env(**extra):
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
     env.update(extra)
     return env
-
-
-class StubProcess:
-    """``python -m pipeline.stub_server`` in a subprocess; ``statuses()`` = status per request so far."""
-
-    def __init__(self, count_file: Path, latency: float, max_concurrent: int):
-        self.count_file = count_file
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.stub_server", "--port", "0", "--latency", str(latency),
-             "--max-concurrent", str(max_concurrent), "--count-file", str(count_file)],
-            stdout=subprocess.PIPE, text=True, cwd=REPO, env=_env())
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "READY":
-            self.proc.kill()
-            raise RuntimeError(f"stub server did not start (said {line!r})")
-        self.base_url = line[1]
-
-    def statuses(self) -> list:
-        if not self.count_file.exists():
-            return []
-        with open(self.count_file, encoding="utf-8") as fh:
-            return [line.split("\t")[0] for line in fh]
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
 
 
 def make_project(root: Path) -> Path:
@@ -138,7 +113,8 @@ def main(argv=None) -> dict:
     workers = [int(w) for w in args.workers.split(",") if w]
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="throughput-bench-"))
-    stub = StubProcess(workdir / "requests.tsv", args.latency, args.max_concurrent)
+    stub = StubProcess(workdir / "requests.tsv", "--latency", str(args.latency),
+                       "--max-concurrent", str(args.max_concurrent), cwd=REPO, env=_env())
     results = []
     try:
         for w in workers:

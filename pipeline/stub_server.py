@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 _STATUS_FAULTS = {"429", "429-ra0", "429-nora", "500", "502", "503", "400", "401", "402", "404"}
 _BODY_FAULTS = {"timeout", "drop", "badjson", "empty_choices", "length", "error200", "finish_error",
@@ -281,6 +282,39 @@ def _completion(index, model, prompt, content, finish):
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+class StubProcess:
+    """The stub in a subprocess of its own (for luigi runs in other processes to reach).
+
+        >>> stub = StubProcess(Path("requests.tsv"), "--latency", "0.3", "--max-concurrent", "8")
+        >>> stub.base_url, stub.statuses()      # one status per request answered so far
+        >>> stub.close()
+    """
+
+    def __init__(self, count_file, *args, cwd=None, env=None):
+        import subprocess
+        import sys
+
+        self.count_file = Path(count_file)
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.stub_server", "--port", "0",
+                                      "--count-file", str(count_file), *args],
+                                     stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "READY":
+            self.proc.kill()
+            raise RuntimeError(f"stub server did not start (said {line!r})")
+        self.base_url = line[1]
+
+    def statuses(self) -> list:
+        if not self.count_file.exists():
+            return []
+        with open(self.count_file, encoding="utf-8") as fh:
+            return [line.split("\t")[0] for line in fh]
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 def main(argv=None):

@@ -33,6 +33,32 @@ NO_LLM_URL = "http://127.0.0.1:9/v1"
 # fast retries for tests; a test can override any of them by passing the flag itself
 FAST_LLM_FLAGS = {"--llm-backoff-base-s": "0.01", "--llm-timeout-s": "5", "--llm-max-attempts": "4"}
 
+# 2 drafts, 2 essays, 2 evaluations: 6 LLM calls
+SMALL = """\
+concepts: {ids: [idle-recombination, critic-filter], k_max: 1, description_level: sentence}
+axes:
+  draft_template: [links-brainstorm-v1]
+  draft_llm: [gemini_25_flash]
+  essay_template: [short-essay-v1]
+  essay_llm: [sonnet_4]
+  evaluation_template: [clarity-v1]
+  evaluation_llm: [sonnet_4]
+"""
+
+# 4 concepts, pairs: 6 drafts, 6 essays, 12 evaluations = 24 LLM calls, every prompt distinct
+SPEC_24 = """\
+concepts: {ids: [idle-recombination, critic-filter, feedback-flywheel, search-over-ideas], k_max: 2, description_level: sentence}
+axes:
+  draft_template: [links-brainstorm-v1]
+  draft_llm: [gemini_25_flash]
+  essay_template: [short-essay-v1]
+  essay_llm: [sonnet_4]
+  evaluation_template: [mechanism-check-v1, clarity-v1]
+  evaluation_llm: [sonnet_4]
+"""
+SPEC_24_CALLS = 24
+
+
 
 @dataclass
 class Project:

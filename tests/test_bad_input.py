@@ -16,19 +16,8 @@ from pipeline.errors import PipelineError
 from pipeline.paths import Paths, check_id
 from pipeline.stub_server import StubLLMServer
 
-from conftest import RAW_ROOT, make_project, output_of, run_daydream, run_luigi, write_spec
+from conftest import SMALL, RAW_ROOT, make_project, output_of, run_daydream, run_luigi, write_spec
 
-# 2 drafts, 2 essays, 2 evaluations: 6 LLM calls
-SMALL = """\
-concepts: {ids: [idle-recombination, critic-filter], k_max: 1, description_level: sentence}
-axes:
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1]
-  essay_llm: [sonnet_4]
-  evaluation_template: [clarity-v1]
-  evaluation_llm: [sonnet_4]
-"""
 
 
 def data_files(project) -> list:

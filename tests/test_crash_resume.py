@@ -12,8 +12,8 @@ import pytest
 
 from pipeline.stub_server import StubLLMServer
 
-from conftest import kill_group, make_project, output_of, start_luigi, write_spec
-from trust_checks import (SPEC_24, SPEC_24_CALLS, assert_paid_once, assert_same_tables, assert_store_whole, has,
+from conftest import SPEC_24, SPEC_24_CALLS, kill_group, make_project, output_of, start_luigi, write_spec
+from trust_checks import (assert_paid_once, assert_same_tables, assert_store_whole, has,
                           luigi_run, recording_stub, result_tables, unsaved_shas, wait_answered, wait_for)
 
 pytestmark = pytest.mark.slow

@@ -20,19 +20,8 @@ import pytest
 
 from pipeline.stub_server import StubLLMServer, answer_text, expected_score
 
-from conftest import command_env, luigi_argv, make_project, output_of, run_daydream, write_spec
+from conftest import SMALL, command_env, luigi_argv, make_project, output_of, run_daydream, write_spec
 
-# 2 drafts, 2 essays, 2 evaluations: 6 LLM calls
-SMALL = """\
-concepts: {ids: [idle-recombination, critic-filter], k_max: 1, description_level: sentence}
-axes:
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1]
-  essay_llm: [sonnet_4]
-  evaluation_template: [clarity-v1]
-  evaluation_llm: [sonnet_4]
-"""
 SMALL_CALLS = 6
 RUN_TIMEOUT = 60  # seconds: a hung run fails the test instead of hanging it
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.stub_server import StubLLMServer, expected_score
 
-from conftest import (REPO, SHARED_RAW_ROOT, kill_group, make_project, output_of, run_daydream, run_luigi,
+from conftest import (REPO, SPEC_24, SHARED_RAW_ROOT, kill_group, make_project, output_of, run_daydream, run_luigi,
                       start_luigi, write_spec)
 
 TINY = """\
@@ -29,21 +29,6 @@ axes:
 # 3 drafts, 6 essays (3 copies), 6 evaluations: 12 LLM calls
 TINY_COUNTS = {"draft": (3, 3), "essay": (6, 3), "evaluation": (6, 6)}  # (generations, LLM calls)
 
-# 6 drafts, 6 essays, 12 evaluations: 24 LLM calls, all of them with latency, no two with the same
-# prompt (replicates would share prompts and blur the per-prompt accounting)
-RESUMABLE = """\
-concepts:
-  ids: [idle-recombination, critic-filter, feedback-flywheel, memory-consolidation]
-  k_max: 2
-  description_level: sentence
-axes:
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1]
-  essay_llm: [sonnet_4]
-  evaluation_template: [mechanism-check-v1, clarity-v1]
-  evaluation_llm: [sonnet_4]
-"""
 
 SECRET = "sk-test-SECRET-XYZ"
 
@@ -211,7 +196,7 @@ def test_parallel_workers_complete(project, stub):
 # --- interruption -------------------------------------------------------------------------------
 
 def test_killed_run_resumes_without_paying_twice(project, make_stub):
-    write_spec(project, "c1", RESUMABLE)
+    write_spec(project, "c1", SPEC_24)
     srv = make_stub(latency=0.2)
     workers = 2
     proc = start_luigi(project, "RunCohort", "--cohort-id", "c1", "--workers", str(workers),

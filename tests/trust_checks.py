@@ -20,18 +20,6 @@ from contextlib import contextmanager
 
 from conftest import BIN, command_env, luigi_argv
 
-# 4 concepts, pairs: 6 drafts, 6 essays, 12 evaluations = 24 LLM calls, every prompt distinct
-SPEC_24 = """\
-concepts: {ids: [idle-recombination, critic-filter, feedback-flywheel, search-over-ideas], k_max: 2, description_level: sentence}
-axes:
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1]
-  essay_llm: [sonnet_4]
-  evaluation_template: [mechanism-check-v1, clarity-v1]
-  evaluation_llm: [sonnet_4]
-"""
-SPEC_24_CALLS = 24
 
 
 def sha(text: str) -> str:
