@@ -9,7 +9,8 @@ import pytest
 import pipeline.stub_server as stub_server
 
 from conftest import output_of, run_daydream, write_spec
-from trust_checks import SPEC_24, luigi_run, luigid
+from conftest import SPEC_24
+from trust_checks import luigi_run, luigid
 
 pytestmark = pytest.mark.slow
 
