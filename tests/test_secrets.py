@@ -8,8 +8,7 @@ import pytest
 
 import pipeline.stub_server as stub_server
 
-from conftest import output_of, run_daydream, write_spec
-from conftest import SPEC_24
+from conftest import SPEC_24, output_of, run_daydream, write_spec
 from trust_checks import luigi_run, luigid
 
 pytestmark = pytest.mark.slow
