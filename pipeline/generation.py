@@ -59,9 +59,14 @@ def read_parent_text(paths, meta) -> str:
 
 
 def render(ctx, meta) -> str:
+    """The prompt; for drafts, records in ``meta`` any concept that fell back to a shorter text."""
     stage, tid = meta["stage"], meta["template_id"]
     if stage == "draft":
-        return prompts.render_draft(ctx.catalog, tid, meta["concept_ids"], meta["description_level"])
+        prompt, used = prompts.render_draft(ctx.catalog, tid, meta["concept_ids"], meta["description_level"])
+        fallbacks = {cid: got for cid, got in used.items() if got != meta["description_level"]}
+        if fallbacks:
+            meta["description_level_fallbacks"] = fallbacks
+        return prompt
     parent = read_parent_text(ctx.paths, meta)
     if stage == "essay":
         return prompts.render_essay(ctx.catalog, tid, parent)

@@ -1,6 +1,7 @@
 """Prompt rendering: Jinja2 with StrictUndefined, each template compiled once per process.
 
-    >>> render_draft(catalog, "links-brainstorm-v1", ["critic-filter", "idle-recombination"], "paragraph")
+    >>> prompt, levels = render_draft(catalog, "links-brainstorm-v1", ["critic-filter", "idle-recombination"],
+    ...                               "paragraph")
     >>> render_essay(catalog, "short-essay-v1", parsed_draft_text)
     >>> render_evaluation(catalog, "clarity-v1", parsed_essay_text)
 """
@@ -30,8 +31,9 @@ def concept_contexts(catalog, concept_ids, level):
 
 
 def render_draft(catalog, template_id, concept_ids, level):
-    concepts, _ = concept_contexts(catalog, concept_ids, level)
-    return _render(catalog, "draft", template_id, {"concepts": concepts})
+    """(prompt, {concept_id: level used}) - a level differs from ``level`` where it fell back."""
+    concepts, used = concept_contexts(catalog, concept_ids, level)
+    return _render(catalog, "draft", template_id, {"concepts": concepts}), used
 
 
 def render_essay(catalog, template_id, draft_text):

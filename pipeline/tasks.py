@@ -136,6 +136,7 @@ class _GenerationTask(luigi.Task):
     def run(self):
         ctx = context(self.cohort_id or None)
         self.set_status_message(f"{self.stage} {self.gen_id}: running")
+        self.set_progress_percentage(0)
         started = time.monotonic()
         try:
             outcome = generation.run_generation(ctx, self.stage, self.gen_id)
@@ -148,6 +149,7 @@ class _GenerationTask(luigi.Task):
             return
         log.info("%s %s %s in %.1fs", outcome, self.stage, self.gen_id, time.monotonic() - started)
         self.set_status_message(f"{outcome} in {time.monotonic() - started:.1f}s")
+        self.set_progress_percentage(100)
 
 
 class DraftTask(_GenerationTask):

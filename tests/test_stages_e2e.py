@@ -371,3 +371,15 @@ def test_original_two_phase_spec_compiles(project):
     table = plan_table(result)
     assert set(table) == {"draft", "essay", "evaluation"} and all(n > 0 for n, *_ in table.values())
     assert re.search(r"LLM calls: \d+ in all, 0 already done", result.stdout)
+
+
+def test_missing_description_level_falls_back_and_says_so(project, stub):
+    # the demo catalog has sentence and paragraph texts only
+    write_spec(project, "art", TINY.replace("description_level: paragraph", "description_level: article"))
+    run = run_cohort(project, "art", stub)
+    assert run.returncode == 0, output_of(run)
+    for row in project.membership("art", "draft"):
+        meta = project.meta("draft", row["gen_id"])
+        assert meta["description_level_fallbacks"] == {cid: "paragraph" for cid in meta["concept_ids"]}
+        prompt = project.read("draft", row["gen_id"], "prompt.txt")
+        assert "A flywheel is a loop" in prompt or "Producing candidates is cheap" in prompt
