@@ -20,3 +20,5 @@ class llm(luigi.Config):  # noqa: N801
     max_tokens = luigi.IntParameter(default=0, description="0: let the provider decide")
     local_max_tokens = luigi.IntParameter(default=160)
     local_threads = luigi.IntParameter(default=2)
+    rpm_llm_free = luigi.IntParameter(default=0, description="requests per minute for :free models; 0: no limit")
+    rpm_llm_paid = luigi.IntParameter(default=0, description="requests per minute for paid models; 0: no limit")

@@ -9,16 +9,18 @@ Environment overrides: DAYDREAM_LLM_BASE_URL for ``[llm] base_url``; the API key
 the variable that ``[llm] api_key_env`` names (OPENROUTER_API_KEY by default) and never stored.
 """
 import os
+from pathlib import Path
 
 from .errors import LLMError
 from .llm_http import LLMResult, OpenAIClient
+from .ratelimit import Pacer
 
 __all__ = ["Backends", "LLMResult"]
 
 
 class Backends:
     def __init__(self, base_url, api_key_env, *, timeout_s=180.0, max_attempts=6, backoff_base_s=2.0,
-                 max_tokens=None, local_max_tokens=256, local_threads=2):
+                 max_tokens=None, local_max_tokens=256, local_threads=2, pacer=None):
         self.base_url = base_url
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
@@ -27,17 +29,19 @@ class Backends:
         self.max_tokens = max_tokens or None
         self.local_max_tokens = local_max_tokens
         self.local_threads = local_threads
+        self.pacer = pacer
         self._client = None
 
     @classmethod
-    def from_config(cls):
+    def from_config(cls, data_root="data"):
         from .config import llm
 
         cfg = llm()
+        pacer = Pacer(Path(data_root) / ".ratelimit", {"llm_free": cfg.rpm_llm_free, "llm_paid": cfg.rpm_llm_paid})
         return cls(os.environ.get("DAYDREAM_LLM_BASE_URL") or cfg.base_url, cfg.api_key_env,
                    timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts, backoff_base_s=cfg.backoff_base_s,
                    max_tokens=cfg.max_tokens, local_max_tokens=cfg.local_max_tokens,
-                   local_threads=cfg.local_threads)
+                   local_threads=cfg.local_threads, pacer=pacer)
 
     def _http(self):
         if self._client is None:
@@ -58,4 +62,5 @@ class Backends:
             return complete_local(prompt, stage=stage, max_tokens=self.local_max_tokens, threads=self.local_threads)
         client = self._http()
         client.on_attempt_failed = on_attempt_failed
-        return client.complete(model.model, prompt, max_tokens=self.max_tokens)
+        pace = (lambda: self.pacer.wait(model.pool)) if self.pacer else None
+        return client.complete(model.model, prompt, max_tokens=self.max_tokens, before_attempt=pace)

@@ -125,8 +125,11 @@ class OpenAIClient:
             self._session, self._own_session_pid = s, os.getpid()
         return self._session
 
-    def complete(self, model: str, prompt: str, *, max_tokens=None, temperature=None) -> LLMResult:
-        """Send ``prompt`` as one user message to ``model``; return the answer or raise LLMError."""
+    def complete(self, model: str, prompt: str, *, max_tokens=None, temperature=None,
+                 before_attempt=None) -> LLMResult:
+        """Send ``prompt`` as one user message to ``model``; return the answer or raise LLMError.
+
+        ``before_attempt()`` runs before every request (e.g. a rate limiter's wait)."""
         payload = {"model": model, "messages": [{"role": "user", "content": prompt}],
                    "usage": {"include": True}}  # OpenRouter then reports usage.cost
         if max_tokens is not None:
@@ -138,6 +141,8 @@ class OpenAIClient:
         attempt = rate_limited = 0
         while True:
             attempt += 1
+            if before_attempt is not None:
+                before_attempt()
             outcome = self._attempt(model, payload, deadline)
             if isinstance(outcome, LLMResult):
                 outcome.attempts = attempt

@@ -77,6 +77,7 @@ class StubLLMServer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._requests = []
+        self._arrived = []  # monotonic arrival time per request index
         self._in_flight = 0
         self._count_fd = (os.open(count_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                           if count_file else None)
@@ -133,6 +134,7 @@ class StubLLMServer:
         with self._lock:
             index = len(self._requests)
             self._requests.append(None)  # reserve the slot; _record fills it
+            self._arrived.append(time.monotonic())
             self._in_flight += 1
             if self.max_concurrent is not None and self._in_flight > self.max_concurrent:
                 return index, "busy"
@@ -151,7 +153,7 @@ class StubLLMServer:
     def _record(self, index, **entry):
         # Recorded before the response goes out, so a client that got its answer sees the entry.
         with self._lock:
-            self._requests[index] = dict(index=index, **entry)
+            self._requests[index] = dict(index=index, received=self._arrived[index], **entry)
             if self._count_fd is not None:
                 status = "-" if entry["status"] is None else entry["status"]
                 line = f"{status}\t{entry['model']}\t{entry['prompt_sha']}\n"

@@ -59,7 +59,7 @@ def context(cohort_id=None):
     key = (paths.data_root, paths.raw_root)
     if key not in _CONTEXT:
         _CONTEXT[key] = generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
-                                              Backends.from_config())
+                                              Backends.from_config(paths.data_root))
     ctx = _CONTEXT[key]
     return generation.GenContext(ctx.paths, ctx.catalog, ctx.events, ctx.backends, cohort_id)
 
