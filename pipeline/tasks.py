@@ -6,8 +6,9 @@
 
 RunCohort runs the generations in chunks ([pipeline] chunk_size), each chunk with a fresh local
 scheduler and the same --workers: a Luigi scheduler holds every task it has seen until its worker
-exits, so one scheduler (or dynamic dependencies) for a whole cohort costs O(n^2) (see
-bench/scale_bench.py). Completion is checked in bulk, from files on disk.
+exits, so one scheduler for a whole cohort costs O(n^2) (see bench/scale_bench.py). With a central
+luigid it yields the chunks as dynamic dependencies instead, so that luigid hands each generation
+to exactly one worker. Completion is checked in bulk, from files on disk.
 """
 import logging
 import os
