@@ -156,10 +156,9 @@ def make_stub():
 
 
 def command_env(env=None, base_url=None) -> dict:
-    """Environment for a pipeline subprocess: no inherited run id, key or config path; LLM at ``base_url``."""
+    """Environment for a pipeline subprocess: no inherited key or config path; LLM at ``base_url``."""
     out = dict(os.environ)
-    # importing pipeline (as these tests do) sets DAYDREAM_RUN_ID; each command must get a run of its own
-    for name in ("DAYDREAM_RUN_ID", "LUIGI_CONFIG_PATH", "OPENROUTER_API_KEY", "DAYDREAM_LLM_BASE_URL"):
+    for name in ("LUIGI_CONFIG_PATH", "OPENROUTER_API_KEY", "DAYDREAM_LLM_BASE_URL"):
         out.pop(name, None)
     out["DAYDREAM_LLM_BASE_URL"] = base_url or NO_LLM_URL
     out.update(env or {})
@@ -197,20 +196,31 @@ def kill_group(proc, sig=signal.SIGKILL):
     proc.wait(timeout=30)
 
 
-def run_luigi(project, *args, env=None, base_url=None, timeout=120) -> subprocess.CompletedProcess:
+def run_luigi(project, *args, env=None, base_url=None, timeout=120, prefix=(), local_scheduler=True
+              ) -> subprocess.CompletedProcess:
     """Run ``luigi --module pipeline ARGS`` in ``project`` and wait; stdout/stderr captured as text.
 
     ``base_url``: the LLM endpoint (a stub's base_url); default NO_LLM_URL. ``env``: extra variables.
-    On timeout the whole process group (forked workers too) is killed and TimeoutExpired raised."""
-    argv = luigi_argv(project, *args)
+    ``prefix``: argv put in front (a wrapper that execs the rest). The run has a process group of its
+    own: on timeout the whole group (forked workers too) is killed and the test fails with the output,
+    instead of hanging or leaving orphans behind."""
+    argv = list(prefix) + luigi_argv(project, *args, local_scheduler=local_scheduler)
     proc = subprocess.Popen(argv, cwd=project.root, env=command_env(env, base_url), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"luigi {' '.join(args)} still running after {timeout}s (killed)\n--- stdout\n"
+                             f"{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}") from None
     except BaseException:
         kill_group(proc)
-        proc.communicate()
         raise
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a run that exited
+    except ProcessLookupError:
+        pass
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 

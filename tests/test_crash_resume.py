@@ -12,9 +12,10 @@ import pytest
 
 from pipeline.stub_server import StubLLMServer
 
-from conftest import SPEC_24, SPEC_24_CALLS, kill_group, make_project, output_of, start_luigi, write_spec
+from conftest import (SPEC_24, SPEC_24_CALLS, kill_group, make_project, output_of, run_luigi, start_luigi,
+                      write_spec)
 from trust_checks import (assert_paid_once, assert_same_tables, assert_store_whole, has,
-                          luigi_run, recording_stub, result_tables, unsaved_shas, wait_answered, wait_for)
+                          recording_stub, result_tables, unsaved_shas, wait_answered, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ WORKERS = "2"
 
 
 def run_cohort(project, srv, prefix=()):
-    return luigi_run(project, "RunCohort", "--cohort-id", "c1", "--workers", WORKERS, base_url=srv.base_url,
+    return run_luigi(project, "RunCohort", "--cohort-id", "c1", "--workers", WORKERS, base_url=srv.base_url,
                      prefix=prefix)
 
 
@@ -118,7 +119,7 @@ def test_disk_full_fails_clearly_and_next_run_recovers(project, make_stub, refer
     write_spec(project, "c1", SPEC_24)
     srv, admitted = recording_stub(make_stub)
     # the cohort files fit; the limit bites on the generations' files
-    build = luigi_run(project, "BuildCohort", "--cohort-id", "c1", base_url=srv.base_url)
+    build = run_luigi(project, "BuildCohort", "--cohort-id", "c1", base_url=srv.base_url)
     assert build.returncode == 0, output_of(build)
     full = run_cohort(project, srv, prefix=[sys.executable, "-c", _LIMITED, str(limit)])
     assert full.returncode != 0, output_of(full)

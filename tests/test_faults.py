@@ -9,9 +9,6 @@ concurrent requests slows the run down but fails nothing.
 
 The one-fault runs are independent, so the module fixture runs them a few at a time in parallel.
 """
-import os
-import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +17,7 @@ import pytest
 
 from pipeline.stub_server import StubLLMServer, answer_text, expected_score
 
-from conftest import SMALL, command_env, luigi_argv, make_project, output_of, run_daydream, write_spec
+from conftest import SMALL, make_project, output_of, run_daydream, run_luigi, write_spec
 
 SMALL_CALLS = 6
 RUN_TIMEOUT = 60  # seconds: a hung run fails the test instead of hanging it
@@ -40,20 +37,6 @@ TRANSIENT = {
     "finish_error": (2, "finish_error", 200),
     "empty_content": (2, "empty_content", 200),
 }
-
-
-def run_bounded(project, *args, base_url, timeout=RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    """``luigi --module pipeline ARGS`` in ``project``; a run still going after ``timeout`` seconds is
-    killed with its worker processes and fails the test."""
-    proc = subprocess.Popen(luigi_argv(project, *args), cwd=project.root, env=command_env(base_url=base_url),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"luigi {' '.join(args)} still running after {timeout} s (killed):\n{err[-3000:]}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @dataclass
@@ -82,7 +65,8 @@ def _run_with_stub(project, *luigi_args, faults=None, **stub_options) -> FaultRu
         return queue.pop(0) if queue else None
 
     with StubLLMServer(faults=fault_for, **stub_options) as srv:
-        result = run_bounded(project, "RunCohort", "--cohort-id", "c1", *luigi_args, base_url=srv.base_url)
+        result = run_luigi(project, "RunCohort", "--cohort-id", "c1", *luigi_args, base_url=srv.base_url,
+                           timeout=RUN_TIMEOUT)
         return FaultRun(project, result, srv.requests, admitted_at)
 
 

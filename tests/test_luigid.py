@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.stub_server import StubLLMServer
 
-from conftest import command_env, kill_group, luigi_argv, make_project, output_of, write_spec
-from trust_checks import assert_paid_once, assert_same_tables, luigi_run, luigid, recording_stub, result_tables
+from conftest import command_env, kill_group, luigi_argv, make_project, output_of, run_luigi, write_spec
+from trust_checks import assert_paid_once, assert_same_tables, luigid, recording_stub, result_tables
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_two_workers_one_scheduler_buy_each_generation_once(tmp_path, project, m
     reference = make_project(tmp_path / "reference")
     write_spec(reference, "c1", SPEC_42)
     with StubLLMServer() as ref_srv:
-        single = luigi_run(reference, "RunCohort", "--cohort-id", "c1", "--workers", "2", base_url=ref_srv.base_url)
+        single = run_luigi(reference, "RunCohort", "--cohort-id", "c1", "--workers", "2", base_url=ref_srv.base_url)
     assert single.returncode == 0, output_of(single)
 
     write_spec(project, "c1", SPEC_42)
@@ -59,7 +59,7 @@ def test_two_workers_one_scheduler_buy_each_generation_once(tmp_path, project, m
                             for n, (c, log) in enumerate(zip(codes, logs)))
         assert set(codes) <= ACCEPTED_EXITS and 0 in codes, outputs
         if not (project.data_root / "cohorts" / "c1" / "run_complete.json").exists():
-            final = luigi_run(project, *args, base_url=srv.base_url, local_scheduler=False)
+            final = run_luigi(project, *args, base_url=srv.base_url, local_scheduler=False)
             assert final.returncode == 0, output_of(final) + outputs
 
     rows = project.membership("c1")

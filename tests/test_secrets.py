@@ -8,8 +8,8 @@ import pytest
 
 import pipeline.stub_server as stub_server
 
-from conftest import SPEC_24, output_of, run_daydream, write_spec
-from trust_checks import luigi_run, luigid
+from conftest import SPEC_24, output_of, run_daydream, run_luigi, write_spec
+from trust_checks import luigid
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +42,10 @@ def test_api_key_appears_nowhere(tmp_path, project, make_stub):
     luigid_dir = tmp_path / "luigid"
     with luigid(luigid_dir) as (url, state, logdir, luigid_out):
         args = ("RunCohort", "--cohort-id", "c1", "--workers", "2", "--scheduler-url", url)
-        first = luigi_run(project, *args, base_url=srv.base_url, env=env, local_scheduler=False)
+        first = run_luigi(project, *args, base_url=srv.base_url, env=env, local_scheduler=False)
         outputs["first run"] = first.stdout + first.stderr
         assert first.returncode == 30, output_of(first)  # the fatal errors fail their generations
-        second = luigi_run(project, *args, base_url=srv.base_url, env=env, local_scheduler=False)
+        second = run_luigi(project, *args, base_url=srv.base_url, env=env, local_scheduler=False)
         outputs["second run"] = second.stdout + second.stderr
         assert second.returncode == 0, output_of(second)
     status = run_daydream(project, "status", "c1", env=env)

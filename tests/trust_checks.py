@@ -10,7 +10,6 @@ import csv
 import hashlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -18,8 +17,7 @@ import urllib.request
 from collections import Counter
 from contextlib import contextmanager
 
-from conftest import BIN, command_env, luigi_argv
-
+from conftest import BIN
 
 
 def sha(text: str) -> str:
@@ -43,33 +41,6 @@ def recording_stub(make_stub, faults=None, **kwargs):
         return faults(index, body) if faults else None
 
     return make_stub(faults=note, **kwargs), admitted
-
-
-def run_group(argv, cwd, env, timeout=90) -> subprocess.CompletedProcess:
-    """subprocess.run in a process group of its own: on timeout the whole group (forked task processes
-    included) is killed and the test fails with the output so far, instead of leaving orphans behind."""
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        raise AssertionError(f"{argv[:5]} still running after {timeout}s (killed)\n--- stdout\n{out[-3000:]}"
-                             f"\n--- stderr\n{err[-3000:]}") from None
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # leftovers of a run that exited
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-
-def luigi_run(project, *args, base_url, env=None, prefix=(), timeout=90, local_scheduler=True):
-    """``luigi --module pipeline ARGS`` in ``project`` (see conftest.luigi_argv), killed as a group on timeout.
-    ``prefix``: argv put in front (a wrapper that execs the rest)."""
-    argv = list(prefix) + luigi_argv(project, *args, local_scheduler=local_scheduler)
-    return run_group(argv, project.root, command_env(env, base_url), timeout)
 
 
 def wait_for(predicate, timeout, what, proc=None, log=None, poll=0.01):
