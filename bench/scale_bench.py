@@ -12,12 +12,9 @@ count file checks exactly one LLM request per LLM generation, and none on the re
 """
 import argparse
 import csv
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import luigi
@@ -26,10 +23,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import RAW_ROOT, command_env, make_project, run_luigi  # noqa: E402
 from pipeline.tasks import EvaluationTask  # noqa: E402
 from pipeline.stub_server import StubProcess  # noqa: E402
-
-RAW_ROOT = REPO / "data" / "1_raw"
 CONCEPTS = ["idle-recombination", "critic-filter", "memory-consolidation", "feedback-flywheel",
             "search-over-ideas", "proprietary-data-moat", "background-compute"]
 # 7 concepts, k_max 3 -> 35 combos; x draft replicates -> drafts; x 2 essay templates (one copy mode)
@@ -54,8 +50,8 @@ class NaiveCohort(luigi.WrapperTask):
                 for r in rows if r["stage"] == "evaluation"]
 
 
-def spec(draft_reps, essay_reps, eval_reps) -> dict:
-    return {
+def spec_yaml(draft_reps, essay_reps, eval_reps) -> str:
+    return yaml.safe_dump({
         "concepts": {"ids": CONCEPTS, "k_max": 3, "description_level": "paragraph"},
         "axes": {
             "draft_template": ["links-brainstorm-v1"], "draft_llm": ["gemini_25_flash"],
@@ -65,42 +61,7 @@ def spec(draft_reps, essay_reps, eval_reps) -> dict:
             "essay_template_replicate": list(range(1, essay_reps + 1)),
             "evaluation_template_replicate": list(range(1, eval_reps + 1)),
         },
-    }
-
-
-def make_project(root: Path, cohort_id: str, reps, chunk_size=None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = (REPO / "luigi.cfg").read_text(encoding="utf-8")
-    if chunk_size:
-        cfg = "\n".join(f"chunk_size = {chunk_size}" if line.startswith("chunk_size") else line
-                        for line in cfg.splitlines()) + "\n"
-    (root / "luigi.cfg").write_text(cfg, encoding="utf-8")
-    spec_dir = root / "cohorts" / cohort_id
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    (spec_dir / "spec.yaml").write_text(yaml.safe_dump(spec(*reps), sort_keys=False), encoding="utf-8")
-    return root
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(extra)
-    return env
-
-
-def luigi_cmd(project: Path, module: str, task: str, cohort_id: str, workers: int, base_url: str,
-              extra=()) -> float:
-    """Run one luigi command in ``project``; return its wall time. Raises on a non-zero exit."""
-    cmd = [str(Path(sys.executable).parent / "luigi"), "--module", module, task, "--cohort-id", cohort_id,
-           "--local-scheduler", "--no-lock", "--workers", str(workers),
-           "--pipeline-raw-root", str(RAW_ROOT), "--log-level", "WARNING", *extra]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=project, env=_env(DAYDREAM_LLM_BASE_URL=base_url),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    elapsed = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode} in {project}:\n{proc.stdout[-3000:]}")
-    return elapsed
+    }, sort_keys=False)
 
 
 def counts(project: Path, cohort_id: str) -> dict:
@@ -120,12 +81,15 @@ def counts(project: Path, cohort_id: str) -> dict:
 
 def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
     cohort_id = f"scale-{size}"
-    project = make_project(workdir / f"chunked-{size}", cohort_id, SIZES[size], chunk_size)
-    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=_env())
+    settings = {"chunk_size": chunk_size} if chunk_size else {}
+    project = make_project(workdir / f"chunked-{size}", cohort_id, spec_yaml(*SIZES[size]), **settings)
+    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=command_env())
     try:
-        first = luigi_cmd(project, "pipeline", "RunCohort", cohort_id, workers, server.base_url)
+        first = run_luigi(project, "pipeline", "RunCohort", "--cohort-id", cohort_id, workers=workers,
+                          base_url=server.base_url)
         after_first = len(server.statuses())
-        rerun = luigi_cmd(project, "pipeline", "RunCohort", cohort_id, workers, server.base_url)
+        rerun = run_luigi(project, "pipeline", "RunCohort", "--cohort-id", cohort_id, workers=workers,
+                          base_url=server.base_url)
         after_rerun = len(server.statuses())
     finally:
         server.close()
@@ -136,11 +100,13 @@ def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
 
 def bench_naive(workdir: Path, size: str, workers: int) -> dict:
     cohort_id = f"naive-{size}"
-    project = make_project(workdir / f"naive-{size}", cohort_id, SIZES[size])
-    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=_env())
+    project = make_project(workdir / f"naive-{size}", cohort_id, spec_yaml(*SIZES[size]))
+    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=command_env())
     try:
-        build = luigi_cmd(project, "pipeline", "BuildCohort", cohort_id, workers, server.base_url)
-        run = luigi_cmd(project, "bench.scale_bench", "NaiveCohort", cohort_id, workers, server.base_url)
+        build = run_luigi(project, "pipeline", "BuildCohort", "--cohort-id", cohort_id, workers=workers,
+                          base_url=server.base_url)
+        run = run_luigi(project, "bench.scale_bench", "NaiveCohort", "--cohort-id", cohort_id,
+                        workers=workers, base_url=server.base_url)
         requests = len(server.statuses())
     finally:
         server.close()

@@ -12,21 +12,18 @@ generation window (first generation_started to last generation_completed in the 
 ``main(argv)`` returns the numbers as a dict for bench/run_all.py.
 """
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.common import command_env, make_project, run_luigi  # noqa: E402
 from pipeline.events import read_events  # noqa: E402
 from pipeline.stub_server import StubProcess  # noqa: E402
 
-RAW_ROOT = REPO / "data" / "1_raw"
 POOL = 8  # [resources] llm_paid in the bench's luigi.cfg
 COHORT = "throughput"
 # 4 concepts, k_max 2 -> 6 combos; x 2 draft replicates -> 12 drafts -> 12 essays -> 24 evaluations
@@ -43,26 +40,6 @@ axes:
   evaluation_llm: [sonnet_4]
 """
 LLM_GENERATIONS = 48
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    for name in ("DAYDREAM_RUN_ID", "LUIGI_CONFIG_PATH", "OPENROUTER_API_KEY"):
-        env.pop(name, None)  # each luigi command is its own run; no key goes near the stub
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(extra)
-    return env
-
-
-def make_project(root: Path) -> Path:
-    """A project folder: luigi.cfg with llm_paid = POOL, the cohort spec, an empty data/."""
-    root.mkdir(parents=True)
-    cfg = (REPO / "luigi.cfg").read_text(encoding="utf-8").splitlines()
-    cfg = [f"llm_paid = {POOL}" if line.replace(" ", "").startswith("llm_paid=") else line for line in cfg]
-    (root / "luigi.cfg").write_text("\n".join(cfg) + "\n", encoding="utf-8")
-    (root / "cohorts" / COHORT).mkdir(parents=True)
-    (root / "cohorts" / COHORT / "spec.yaml").write_text(SPEC, encoding="utf-8")
-    return root
 
 
 def _parse_ts(ts: str) -> float:
@@ -82,17 +59,10 @@ def generation_window(events_dir: Path) -> tuple:
 
 
 def run_one(workdir: Path, stub: StubProcess, workers: int, latency: float, max_concurrent: int) -> dict:
-    project = make_project(workdir / f"w{workers}")
+    project = make_project(workdir / f"w{workers}", COHORT, SPEC, llm_paid=POOL)
     before = len(stub.statuses())
-    cmd = [str(Path(sys.executable).parent / "luigi"), "--module", "pipeline", "RunCohort",
-           "--cohort-id", COHORT, "--local-scheduler", "--workers", str(workers),
-           "--pipeline-raw-root", str(RAW_ROOT), "--log-level", "WARNING"]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=project, env=_env(DAYDREAM_LLM_BASE_URL=stub.base_url),
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode} in {project}:\n{proc.stdout[-3000:]}")
+    wall = run_luigi(project, "pipeline", "RunCohort", "--cohort-id", COHORT, workers=workers,
+                     base_url=stub.base_url)
     statuses = stub.statuses()[before:]
     window, completed = generation_window(project / "data" / "events")
     limit = min(workers, max_concurrent, POOL) / latency
@@ -114,7 +84,7 @@ def main(argv=None) -> dict:
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="throughput-bench-"))
     stub = StubProcess(workdir / "requests.tsv", "--latency", str(args.latency),
-                       "--max-concurrent", str(args.max_concurrent), cwd=REPO, env=_env())
+                       "--max-concurrent", str(args.max_concurrent), cwd=REPO, env=command_env())
     results = []
     try:
         for w in workers:
