@@ -19,21 +19,19 @@ _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
 def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
     # the writer's host and pid in the name let remove_stale_tmp() tell leftovers of a killed
     # writer from files being written right now
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp-{_HOST}-{os.getpid()}",
                                    dir=path.parent)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
-                         f"then rerun") from None
-    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
     except BaseException as exc:
-        os.unlink(tmp)
+        if tmp is not None:
+            os.unlink(tmp)
         if isinstance(exc, OSError):
             raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
                              f"then rerun") from None

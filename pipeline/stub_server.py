@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -295,9 +296,6 @@ class StubProcess:
     """
 
     def __init__(self, count_file, *args, cwd=None, env=None):
-        import subprocess
-        import sys
-
         self.count_file = Path(count_file)
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.stub_server", "--port", "0",
                                       "--count-file", str(count_file), *args],

@@ -19,6 +19,7 @@ import uuid
 import luigi
 import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
+from luigi.interface import core
 
 from . import generation
 from .catalog import load_catalog
@@ -235,7 +236,6 @@ def _build_chunk(tasks):
 
     Luigi's scheduler keeps every finished task of a worker until the worker exits and walks
     them all on each request for work, so one scheduler for a whole cohort costs O(n^2)."""
-    from luigi.interface import core
     if not luigi.build(tasks, local_scheduler=True, workers=core().workers):
         log.warning("some generations of this chunk did not finish; see the log above")
 
@@ -243,8 +243,6 @@ def _build_chunk(tasks):
 def _central_scheduler():
     """True when this run talks to a luigid: then every generation must go through it, so that
     workers on several machines never run the same one."""
-    from luigi.interface import core
-
     return not core().local_scheduler
 
 
