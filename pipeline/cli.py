@@ -5,6 +5,7 @@
     daydream parse-score FILE...    # check a score parser against saved responses
     daydream replay                 # rebuild data/tables from the event log
     daydream rebuild-log            # backfill events for generations made without them
+    daydream import-original SRC    # bring in a data folder written by the original
     daydream compare A B            # templates and models across cohorts
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
 """
@@ -84,8 +85,20 @@ def cmd_rebuild_log(args):
     from .backfill import backfill
 
     paths = _paths(args)
-    n = backfill(paths)
-    print(f"wrote {n} backfill event(s) to {paths.events_dir}")
+    result = backfill(paths)
+    for warning in result.warnings:
+        print(f"daydream: warning: {warning}", file=sys.stderr)
+    print(f"wrote {result.written} backfill event(s) to {paths.events_dir}")
+    return 0
+
+
+def cmd_import_original(args):
+    from .import_original import import_original
+
+    summary = import_original(args.src_data, _paths(args))
+    for warning in summary.warnings:
+        print(f"daydream: warning: {warning}", file=sys.stderr)
+    print(summary.text())
     return 0
 
 
@@ -130,6 +143,11 @@ def build_parser():
     p = sub.add_parser("rebuild-log", help="write backfill events for generations that have files but no events")
     _add_roots(p)
     p.set_defaults(func=cmd_rebuild_log)
+
+    p = sub.add_parser("import-original", help="import a data folder written by the original (its SRC is only read)")
+    p.add_argument("src_data", help="the original's data folder (holding gens/, cohorts/, combo_mappings.csv)")
+    _add_roots(p)
+    p.set_defaults(func=cmd_import_original)
 
     p = sub.add_parser("compare", help="compare templates and models across cohorts")
     p.add_argument("cohort_ids", nargs="+")
