@@ -137,7 +137,12 @@ def _read_src_gens(src, warnings) -> dict:
             if not (folder / "metadata.json").exists():
                 warnings.append(f"gens/{stage_dir.name}/{gen_id}: no metadata.json (not imported)")
                 continue
-            gen = read_stored(folder, stage_dir.name, gen_id, warnings.append)
+            try:
+                gen = read_stored(folder, stage_dir.name, gen_id, warnings.append)
+            except StoreError as exc:
+                raise StoreError(f"{folder / 'metadata.json'}: unreadable ({exc.__cause__ or exc}); nothing was "
+                                 f"imported: repair it (in a copy of the store if it must stay as it is) and "
+                                 f"import again") from exc
             for key, expected in (("stage", stage_dir.name), ("gen_id", gen_id)):
                 if gen.meta.get(key) not in (None, expected):
                     raise StoreError(f"{folder / 'metadata.json'}: {key} is {gen.meta[key]!r} but the folder says "

@@ -143,7 +143,7 @@ def test_corrupt_metadata_is_refused_naming_the_file(project, src_copy):
     broken.write_text('{"stage": "essay", "gen_id": ')
     result = import_into(project, src_copy)
     assert result.returncode == 2
-    assert str(broken) in result.stderr and "corrupt JSON" in result.stderr
+    assert f"daydream: error: {broken}: unreadable" in result.stderr
     assert tree_state(project.data_root) == {}
 
 
@@ -165,3 +165,15 @@ def test_running_an_imported_cohort_buys_nothing(project, stub):
     assert run.returncode == 0, output_of(run)
     assert stub.requests == []
     assert Counter(r["stage"] for r in project.membership("orig-pilot")) == COUNTS
+
+
+def test_combo_defined_two_ways_is_refused(project):
+    mappings = project.data_root / "combo_mappings.csv"
+    mappings.write_text("combo_id,version,concept_id,description_level,k_max,created_at\n"
+                        "combo_v1_99d8c57e92a9,v1,economic-moat,paragraph,1,2026-01-01T00:00:00\n")
+    before = tree_state(project.data_root)
+    result = import_into(project)
+    assert result.returncode == 2
+    assert "combo_v1_99d8c57e92a9" in result.stderr
+    assert str(mappings) in result.stderr and str(ORIGINAL_DATA / "combo_mappings.csv") in result.stderr
+    assert tree_state(project.data_root) == before
