@@ -55,14 +55,31 @@ class StoredGen:
         """finish_reason, tokens and duration: raw_metadata.json's (the original's) over metadata.json's."""
         usage = self.raw_meta.get("usage") if isinstance(self.raw_meta.get("usage"), dict) else {}
 
-        def pick(key, source):
-            return source.get(key) if source.get(key) is not None else self.meta.get(key)
+        def pick(key, source, kind):
+            value = source.get(key) if source.get(key) is not None else self.meta.get(key)
+            return _as(kind, value)
 
-        return {"finish_reason": pick("finish_reason", self.raw_meta),
-                "prompt_tokens": pick("prompt_tokens", usage),
-                "completion_tokens": pick("completion_tokens", usage),
-                "total_tokens": pick("total_tokens", usage),
-                "duration_s": pick("duration_s", self.raw_meta)}
+        return {"finish_reason": pick("finish_reason", self.raw_meta, str),
+                "prompt_tokens": pick("prompt_tokens", usage, int),
+                "completion_tokens": pick("completion_tokens", usage, int),
+                "total_tokens": pick("total_tokens", usage, int),
+                "duration_s": pick("duration_s", self.raw_meta, float)}
+
+
+def _as(kind, value):
+    """``value`` as ``kind`` (str, int or float), or None when it is not one: events and tables
+    get clean types whatever another program wrote."""
+    if value is None or isinstance(value, bool):
+        return None
+    if kind is str:
+        return value if isinstance(value, str) else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or (kind is int and number != int(number)):
+        return None
+    return int(number) if kind is int else number
 
 
 def read_stored(folder, stage, gen_id, warn, strict=True) -> StoredGen:
@@ -100,17 +117,20 @@ def lineage(meta_of, stage, gen_id) -> dict:
     it is taken from the draft up the parent chain."""
     meta = meta_of(stage, gen_id)
     template = next((meta[k] for k in _TEMPLATE_ALIASES if meta.get(k)), None)
-    replicate = meta.get("replicate")
-    if isinstance(replicate, str) and replicate.strip().isdigit():
-        replicate = int(replicate)
-    out = {"parent_gen_id": "" if stage == "draft" else str(meta.get("parent_gen_id") or "").strip(),
-           "combo_id": meta.get("combo_id"), "template_id": template,
-           "llm_model_id": meta.get("llm_model_id"), "replicate": replicate}
+    out = {"parent_gen_id": "" if stage == "draft" else _text(meta.get("parent_gen_id")) or "",
+           "combo_id": _text(meta.get("combo_id")), "template_id": _text(template),
+           "llm_model_id": _text(meta.get("llm_model_id")), "replicate": _as(int, meta.get("replicate"))}
     walk_stage, walk_meta = stage, meta
-    while not out["combo_id"] and walk_stage in PARENT_STAGE and walk_meta.get("parent_gen_id"):
-        walk_stage, walk_meta = PARENT_STAGE[walk_stage], meta_of(PARENT_STAGE[walk_stage], walk_meta["parent_gen_id"])
-        out["combo_id"] = walk_meta.get("combo_id")
+    while not out["combo_id"] and walk_stage in PARENT_STAGE and _text(walk_meta.get("parent_gen_id")):
+        walk_stage = PARENT_STAGE[walk_stage]
+        walk_meta = meta_of(walk_stage, _text(walk_meta["parent_gen_id"]))
+        out["combo_id"] = _text(walk_meta.get("combo_id"))
     return {k: out[k] for k in LINEAGE}
+
+
+def _text(value):
+    """An id field as stripped text (None when absent or empty)."""
+    return (str(value).strip() or None) if value is not None else None
 
 
 def original_score(parsed_text) -> float:
