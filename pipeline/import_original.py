@@ -110,9 +110,8 @@ def plan_import(src, paths) -> ImportPlan:
             except ValueError as exc:
                 plan.warnings.append(f"gens/{stage}/{gen_id}/parsed.txt: {exc} (no score imported)")
         dest = paths.gen_dir(stage, gen_id)
-        links, meta = _plan_files(gen, dest, conflicts)
-        if meta is not None:
-            meta = _enriched(gen, lin, combos, score)
+        links, write_meta = _plan_files(gen, dest, conflicts)
+        meta = _enriched(gen, lin, combos, score) if write_meta else None
         plan.gens.append(GenPlan(gen, dest, lin, links, meta, score,
                                  gen.parsed is not None and gen_id not in known_gens))
     for cohort_dir in sorted(p for p in (src / "cohorts").glob("*") if p.is_dir()):
@@ -171,7 +170,7 @@ def _combo_text(info):
 
 
 def _plan_files(gen, dest, conflicts):
-    """(files to link, {} when metadata.json is to be written else None); clashes go to ``conflicts``."""
+    """(files to link, whether metadata.json is to be written); clashes go to ``conflicts``."""
     links = []
     for name in LINKED:
         source = gen.folder / name
@@ -182,18 +181,18 @@ def _plan_files(gen, dest, conflicts):
         elif not filecmp.cmp(source, dest / name, shallow=False):
             conflicts.append(f"{source} differs from {dest / name}")
     if not (dest / "metadata.json").exists():
-        return links, {}
+        return links, True
     try:
         current = read_json(dest / "metadata.json")
     except StoreError as exc:
         conflicts.append(str(exc))
-        return links, None
+        return links, False
     # this project adds keys to metadata and never rewrites the original's: those must agree
     for key, value in gen.meta.items():
         if key in current and str(current[key]) != str(value):
             conflicts.append(f"{gen.folder / 'metadata.json'} has {key}={value!r} but "
                              f"{dest / 'metadata.json'} has {current[key]!r}")
-    return links, None
+    return links, False
 
 
 def _enriched(gen, lin, combos, score) -> dict:
