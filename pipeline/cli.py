@@ -106,6 +106,10 @@ def cmd_compare(args):
     from .reports import compare_cohorts
 
     print(compare_cohorts(_paths(args), args.cohort_ids))
+    if args.html:
+        from .html_report import write_compare_html
+
+        print(f"wrote {write_compare_html(_paths(args), args.cohort_ids, args.html)}")
     return 0
 
 
@@ -151,6 +155,7 @@ def build_parser():
 
     p = sub.add_parser("compare", help="compare templates and models across cohorts")
     p.add_argument("cohort_ids", nargs="+")
+    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots to FILE")
     _add_roots(p)
     p.set_defaults(func=cmd_compare)
 

@@ -213,12 +213,14 @@ class CohortReport(luigi.Task):
             state_file.read_text(encoding="utf-8").strip() == self.log_state
 
     def run(self):
+        from .html_report import write_cohort_html
         from .reports import write_cohort_report
 
         paths = config_paths()
         for folder in (paths.reports_dir(self.cohort_id), paths.results_dir(self.cohort_id)):
             remove_stale_tmp(folder)
         write_cohort_report(paths, self.cohort_id)
+        write_cohort_html(paths, self.cohort_id)
         write_text_atomic(paths.reports_dir(self.cohort_id) / "_state.txt", self.log_state + "\n")
 
 
