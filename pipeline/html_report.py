@@ -21,7 +21,7 @@ from markupsafe import Markup
 from .combos import read_mappings
 from .fsio import write_if_changed
 from .paths import STAGES
-from .reports import (COMPARE_AXES, cohort_data, cohort_members, failures, llm_usage, read_tables,
+from .reports import (COMPARE_AXES, MAX_FAILURES, cohort_data, cohort_members, failures, llm_usage, read_tables,
                       stage_counts, _concept_names)
 
 Z95 = 1.96
@@ -46,13 +46,14 @@ def interval(values) -> dict:
 
 
 def distributions(scores, axes=DIST_AXES) -> list:
-    """Per axis: its levels, each with its scores and interval(); axes with no level skipped."""
+    """Per axis: its levels, each with its scores and interval(), and whether to plot it (the
+    first axis always, the others when they have two levels or more); axes with no level skipped."""
     out = []
     for axis in axes:
         levels = [{"level": level, "scores": sorted(group["score"].tolist()), **interval(group["score"])}
                   for level, group in scores.groupby(axis, sort=True) if level != ""]
         if levels:
-            out.append({"axis": axis, "levels": levels})
+            out.append({"axis": axis, "levels": levels, "plot": not out or len(levels) > 1})
     return out
 
 
@@ -147,6 +148,7 @@ def cohort_page(data, texts, combos, names) -> dict:
         "counts": _records(stage_counts(data)),
         "usage": _records(llm_usage(data)),
         "failures": _records(failures(data)),
+        "max_failures": MAX_FAILURES,
         "n_evaluations": len(data.member_ids("evaluation")),
         "n_essays_scored": int(scores["essay_gen_id"].nunique()),
         "overall": interval(scores["score"]),
@@ -212,7 +214,7 @@ def distribution_svg(axis) -> str:
     fig = _figure(7, 0.9 + 0.45 * len(levels))
     ax = fig.add_subplot()
     data = [level["scores"] for level in levels]
-    ax.boxplot(data, vert=False, widths=0.5, showfliers=False, showmeans=True)
+    ax.boxplot(data, orientation="horizontal", widths=0.5, showfliers=False, showmeans=True)
     rng = np.random.default_rng(0)
     for i, values in enumerate(data, start=1):
         ax.scatter(values, i + rng.uniform(-0.18, 0.18, len(values)), s=9, alpha=0.45, color="#1f77b4")
@@ -229,6 +231,21 @@ def _cell_text(cell) -> str:
     return f"{cell['mean']:.2f}\n{ci}\nn={cell['n']}"
 
 
+def _grid(ax, grid, **colours):
+    """A heatmap of vector cells centred on integer positions, first row at the top (imshow
+    would embed a PNG in the SVG)."""
+    rows, cols = grid.shape
+    image = ax.pcolormesh([c - 0.5 for c in range(cols + 1)], [r - 0.5 for r in range(rows + 1)],
+                          grid, **colours)
+    ax.set_ylim(rows - 0.5, -0.5)
+    return image
+
+
+def _colorbar(fig, image, ax, label):
+    # vector, not the PNG matplotlib embeds for smooth colorbars
+    fig.colorbar(image, ax=ax, label=label, shrink=0.8).solids.set_rasterized(False)
+
+
 def heatmap_svg(hm) -> str:
     """Mean score per cell, coloured, with ±95% half-width and n written in the cell."""
     import numpy as np
@@ -239,7 +256,7 @@ def heatmap_svg(hm) -> str:
         grid[rows.index(cell["row"]), cols.index(cell["col"])] = cell["mean"]
     fig = _figure(1.8 + 1.3 * len(cols), 1.2 + 0.75 * len(rows))
     ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=max(9, np.nanmax(grid)), aspect="auto")
+    image = _grid(ax, grid, cmap="viridis", vmin=0, vmax=max(9, np.nanmax(grid)))
     for cell in hm["cells"]:
         ax.text(cols.index(cell["col"]), rows.index(cell["row"]), _cell_text(cell), ha="center",
                 va="center", fontsize=7, color="white" if cell["mean"] < 6 else "black")
@@ -247,7 +264,7 @@ def heatmap_svg(hm) -> str:
     ax.set_yticks(range(len(rows)), [_label(r) for r in rows], fontsize=8)
     ax.set_xlabel(hm["cols_axis"])
     ax.set_ylabel(hm["rows_axis"])
-    fig.colorbar(image, ax=ax, label="mean score", shrink=0.8)
+    _colorbar(fig, image, ax, "mean score")
     return _svg(fig)
 
 
@@ -264,15 +281,17 @@ def agreement_svgs(agreement) -> dict:
     grid = np.array([[np.nan if c["r"] is None else c["r"] for c in row] for row in agreement["matrix"]])
     fig = _figure(2.2 + 1.1 * len(judges), 1.6 + 0.6 * len(judges))
     ax = fig.add_subplot()
-    image = ax.imshow(grid, cmap="RdBu", vmin=-1, vmax=1)
+    image = _grid(ax, grid, cmap="RdBu", vmin=-1, vmax=1)
     for i, row in enumerate(agreement["matrix"]):
         for j, c in enumerate(row):
             r = "–" if c["r"] is None else f"{c['r']:.2f}"
-            ax.text(j, i, f"r={r}\nn={c['n']}", ha="center", va="center", fontsize=7)
+            dark = c["r"] is not None and abs(c["r"]) > 0.6
+            ax.text(j, i, f"r={r}\nn={c['n']}", ha="center", va="center", fontsize=7,
+                    color="white" if dark else "black")
     labels = [_label(j, 30) for j in judges]
     ax.set_xticks(range(len(judges)), labels, fontsize=7, rotation=30, ha="right")
     ax.set_yticks(range(len(judges)), labels, fontsize=7)
-    fig.colorbar(image, ax=ax, label="Pearson r", shrink=0.8)
+    _colorbar(fig, image, ax, "Pearson r")
     out["matrix"] = _svg(fig)
 
     pairs = agreement["pairs"][:MAX_SCATTERS]
@@ -348,7 +367,7 @@ def render_cohort_html(page) -> str:
     """The cohort page (report_templates/cohort.html) for cohort_page() data."""
     plots = {}
     if page["overall"]["n"]:
-        plots = {"distributions": [distribution_svg(a) for a in page["distributions"]],
+        plots = {"distributions": [distribution_svg(a) if a["plot"] else None for a in page["distributions"]],
                  "heatmaps": [heatmap_svg(h) for h in page["heatmaps"]],
                  "agreement": agreement_svgs(page["agreement"])}
     plots["usage"] = usage_svg(page["usage"]) if page["usage"][-1]["calls"] else None
