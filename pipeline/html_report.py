@@ -3,10 +3,11 @@
     >>> write_cohort_html(paths, "demo")             # data/cohorts/demo/reports/index.html
     >>> write_compare_html(paths, ["a", "b"], out)   # daydream compare a b --html out
 
-Built from the replayed tables (reports.read_tables / cohort_data) in three steps: ``*_page``
-turns tables and texts into plain data (dicts and lists); ``*_plots`` draws that data with
-matplotlib as inline SVG; ``render`` fills a Jinja2 template (autoescaped: essays and judge
-answers are untrusted model output). The page loads nothing: no scripts, fonts or images from
+Built from the replayed tables (reports.read_tables / cohort_data) in three steps:
+``cohort_page``/``compare_page`` turn tables and texts into plain data (dicts and lists); the
+``*_svg`` functions draw that data with matplotlib as inline SVG; ``render_*_html`` fills a
+Jinja2 template from report_templates/ (autoescaped: essays and judge answers are untrusted
+model output). The page loads nothing: no scripts, fonts or images from
 anywhere, so it opens offline and the same tables always give the same bytes.
 """
 import io
@@ -20,9 +21,8 @@ from markupsafe import Markup
 
 from .combos import read_mappings
 from .fsio import write_if_changed
-from .paths import STAGES
-from .reports import (COMPARE_AXES, MAX_FAILURES, cohort_data, cohort_members, failures, llm_usage, read_tables,
-                      stage_counts, _concept_names)
+from .reports import (COMPARE_AXES, MAX_FAILURES, _concept_names, cohort_data, cohort_members,
+                      failures, llm_usage, read_tables, stage_counts)
 
 Z95 = 1.96
 DIST_AXES = ("essay_template", "essay_llm", "draft_template", "draft_llm", "evaluation_template",
@@ -75,17 +75,16 @@ def judge_agreement(scores) -> dict:
     judges = sorted(table.columns)
     pairs, matrix = [], [[None] * len(judges) for _ in judges]
     for i, a in enumerate(judges):
-        for j, b in enumerate(judges):
-            both = table[[a, b]].dropna() if a != b else table[[a]].dropna()
-            n = len(both)
-            if a == b:
-                matrix[i][j] = {"r": 1.0 if n > 1 else None, "n": n}
-                continue
+        n = int(table[a].count())
+        matrix[i][i] = {"r": 1.0 if n > 1 else None, "n": n}
+        for j in range(i + 1, len(judges)):
+            b = judges[j]
+            both = table[[a, b]].dropna()
             x, y = both[a], both[b]
-            r = float(x.corr(y)) if n > 2 and x.std() > 0 and y.std() > 0 else None
-            matrix[i][j] = {"r": r, "n": n}
-            if i < j and n:
-                pairs.append({"x": a, "y": b, "r": r, "n": n,
+            r = float(x.corr(y)) if len(both) > 2 and x.std() > 0 and y.std() > 0 else None
+            matrix[i][j] = matrix[j][i] = {"r": r, "n": len(both)}
+            if len(both):
+                pairs.append({"x": a, "y": b, "r": r, "n": len(both),
                               "points": list(zip(x.tolist(), y.tolist()))})
     return {"judges": judges, "matrix": matrix, "pairs": pairs}
 
@@ -133,7 +132,7 @@ def essay_entries(data, texts, combos, names) -> list:
             "text": texts.get(("essay", gen_id)),
             "draft": {"gen_id": draft["gen_id"], "template": draft.get("template_id"),
                       "llm": draft.get("llm_model_id"),
-                      "status": status.get(draft["gen_id"], {}).get("status") or "pending",
+                      "status": status.get(draft["gen_id"], {}).get("status"),  # None: not a member
                       "text": texts.get(("draft", draft["gen_id"]))},
             "concepts": [{"id": c, "name": names.get(c, "")} for c in combos.get(m["combo_id"], ())],
             "evaluations": judged, **interval(scored)})
@@ -344,7 +343,7 @@ def compare_axis_svg(axis) -> str:
             ys, xs, errs = zip(*pts)
             ax.errorbar(xs, ys, xerr=errs, fmt="o", capsize=3, label=cohort["cohort_id"])
     ax.set_yticks(range(len(levels)), [_label(x) for x in levels], fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(levels) - 0.5, -0.5)
     ax.set_xlabel("mean score ± 95% interval")
     ax.set_title(axis["axis"], fontsize=10)
     ax.legend(fontsize=7)
@@ -371,7 +370,7 @@ def render_cohort_html(page) -> str:
                  "heatmaps": [heatmap_svg(h) for h in page["heatmaps"]],
                  "agreement": agreement_svgs(page["agreement"])}
     plots["usage"] = usage_svg(page["usage"]) if page["usage"][-1]["calls"] else None
-    return _environment().get_template("cohort.html").render(page=page, plots=plots, stages=STAGES)
+    return _environment().get_template("cohort.html").render(page=page, plots=plots)
 
 
 def render_compare_html(page) -> str:
@@ -379,8 +378,8 @@ def render_compare_html(page) -> str:
     plots = {"distribution": distribution_svg({"axis": "cohort", "levels": page["distribution"]})
              if page["distribution"] else None,
              "axes": [compare_axis_svg(a) for a in page["axes"]],
-             "usage": [usage_svg(c["usage"], f"{c['cohort_id']}: ") for c in page["cohorts"]
-                       if c["usage"][-1]["calls"]]}
+             "usage": [usage_svg(c["usage"], f"{c['cohort_id']}: ") if c["usage"][-1]["calls"] else None
+                       for c in page["cohorts"]]}
     return _environment().get_template("compare.html").render(page=page, plots=plots)
 
 
@@ -389,8 +388,12 @@ def render_compare_html(page) -> str:
 def read_texts(paths, data) -> dict:
     """(stage, gen_id) -> the text the essay browser shows: parsed.txt of drafts and essays,
     raw.txt (the judge's whole answer) of evaluations; None when the file is not there."""
-    wanted = [(stage, gen_id, "raw.txt" if stage == "evaluation" else "parsed.txt")
-              for stage in STAGES for gen_id in data.member_ids(stage)]
+    # an essay's draft may not be a member (a cohort curated from essay ids)
+    drafts = dict.fromkeys(data.member_ids("draft") + [r["parent_gen_id"] for r in data.members
+                                                        if r["stage"] == "essay" and r["parent_gen_id"]])
+    wanted = [("draft", gen_id, "parsed.txt") for gen_id in drafts]
+    wanted += [("essay", gen_id, "parsed.txt") for gen_id in data.member_ids("essay")]
+    wanted += [("evaluation", gen_id, "raw.txt") for gen_id in data.member_ids("evaluation")]
     texts = {}
     for stage, gen_id, name in wanted:
         path = paths.gen_dir(stage, gen_id) / name
