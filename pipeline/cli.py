@@ -34,7 +34,7 @@ def cmd_plan(args):
     catalog = load_catalog(paths)
     cohort = compile_cohort(paths, args.cohort_id, catalog)
     todo = {r["gen_id"] for r in pending(paths, cohort.rows)}
-    print(f"cohort {args.cohort_id}: {cohort.spec_path} against catalog {paths.raw_root}")
+    print(f"cohort {args.cohort_id}: {cohort.spec_path or paths.membership_csv(args.cohort_id)} against catalog {paths.raw_root}")
     print(f"{'stage':<12}{'generations':>12}{'LLM calls':>11}{'done':>8}{'to run':>8}")
     total_calls = total_todo = 0
     for stage in ("draft", "essay", "evaluation"):

@@ -47,21 +47,20 @@ def spec(paths, cohort_id, text):
 
 def test_gen_ids_are_stable_and_sensitive_to_every_field():
     base = ("combo_v1_0123456789ab", "links-brainstorm-v1", "sonnet_4", 1)
-    d = ids.draft_id(*base)
-    assert d == ids.draft_id(*base) and d.startswith("d_") and len(d) <= 18
+    d = ids.gen_id("draft", ids.signature("draft", *base))
+    assert d == ids.gen_id("draft", ids.signature("draft", *base)) and d.startswith("d_") and len(d) <= 18
     for i, other in enumerate(["combo_v1_ffffffffffff", "rolling-idea-v1", "gemini_25_flash", 2]):
         changed = list(base)
         changed[i] = other
-        assert ids.draft_id(*changed) != d
-    assert ids.essay_id(d, "short-essay-v1", "sonnet_4").startswith("e_")
-    assert ids.evaluation_id("e_x", "clarity-v1", "sonnet_4", 2).startswith("v_")
+        assert ids.gen_id("draft", ids.signature("draft", *changed)) != d
+    assert ids.gen_id("essay", ids.signature("essay", d, "short-essay-v1", None, 1)).startswith("e_")
 
 
 def test_gen_ids_are_the_same_in_another_process():
-    code = "from pipeline import ids; print(ids.draft_id('combo_v1_0123456789ab', 't', 'm', 1))"
+    code = "from pipeline import ids; print(ids.gen_id('draft', ('combo_v1_0123456789ab', 't', 'm', 1)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONHASHSEED": "123"}).stdout.strip()
-    assert out == ids.draft_id("combo_v1_0123456789ab", "t", "m", 1)
+    assert out == ids.gen_id("draft", ("combo_v1_0123456789ab", "t", "m", 1))
 
 
 def test_combo_id_matches_the_original_scheme():
@@ -93,27 +92,48 @@ def test_membership_counts_and_lineage(paths):
     assert cohort.counts == {"draft": 3, "essay": 9, "evaluation": 18}
     by_id = {r["gen_id"]: r for r in cohort.rows}
     for row in cohort.rows:
+        assert row["origin_cohort_id"] == "c1"
         if row["stage"] != "draft":
             assert row["parent_gen_id"] in by_id
+            assert row["combo_id"] == by_id[row["parent_gen_id"]]["combo_id"]
     copies = [r for r in cohort.rows if r["template_id"] == "draft-as-essay"]
-    assert all(r["llm_model_id"] == "gemini_25_flash" for r in copies)
+    assert len(copies) == 3 and all(r["llm_model_id"] == "sonnet_4" for r in copies)  # the first essay_llm
+    # the essay model is not in the essay id: the second model's essay is a collision variant
+    essays = sorted((r for r in cohort.rows if r["template_id"] == "short-essay-v1"),
+                    key=lambda r: (r["parent_gen_id"], r["llm_model_id"] != "sonnet_4"))
+    assert [r["llm_model_id"] for r in essays] == ["sonnet_4", "gemini_25_flash"] * 3
+    for first, second in zip(essays[::2], essays[1::2]):
+        sig = ids.signature("essay", first["parent_gen_id"], "short-essay-v1", None, 1)
+        assert second["parent_gen_id"] == first["parent_gen_id"]
+        assert (first["gen_id"], second["gen_id"]) == (ids.gen_id("essay", sig), ids.gen_id("essay", sig, 1))
+        assert second["gen_id"].endswith("-1")
+    assert [r["replicate"] for r in cohort.rows if r["stage"] != "evaluation"] == [1] * 12
 
 
 def test_row_order_does_not_change_ids_and_shared_drafts_share_ids(paths):
     spec(paths, "a", SPEC)
-    reordered = SPEC.replace("[sonnet_4, gemini_25_flash]", "[gemini_25_flash, sonnet_4]") \
-                    .replace("[idle-recombination, critic-filter, feedback-flywheel]",
+    reordered = SPEC.replace("[idle-recombination, critic-filter, feedback-flywheel]",
                              "[feedback-flywheel, idle-recombination, critic-filter]")
     spec(paths, "b", reordered)
     other = SPEC.replace("evaluation_template: [clarity-v1]", "evaluation_template: [mechanism-check-v1]")
     spec(paths, "c", other)
     cat = load_catalog(paths)
     a, b, c = (compile_cohort(paths, x, cat) for x in "abc")
-    assert a.rows == b.rows
+    key = lambda coh: sorted(tuple(sorted((k, v) for k, v in r.items() if k != "origin_cohort_id")) for r in coh.rows)
+    assert key(a) == key(b)
     drafts = lambda coh: {r["gen_id"] for r in coh.rows if r["stage"] == "draft"}
     assert drafts(a) == drafts(c)
     evals = lambda coh: {r["gen_id"] for r in coh.rows if r["stage"] == "evaluation"}
     assert not evals(a) & evals(c)
+
+
+def test_a_built_essay_keeps_its_model_whatever_order_later_specs_list_models_in(paths):
+    spec(paths, "a", SPEC)
+    spec(paths, "b", SPEC.replace("[sonnet_4, gemini_25_flash]", "[gemini_25_flash, sonnet_4]"))
+    cat = load_catalog(paths)
+    write_cohort(paths, compile_cohort(paths, "a", cat), EventLog(paths.events_dir))
+    model_of = lambda coh: {r["gen_id"]: r["llm_model_id"] for r in coh.rows if r["template_id"] == "short-essay-v1"}
+    assert model_of(compile_cohort(paths, "b", cat)) == model_of(compile_cohort(paths, "a", cat))
 
 
 @pytest.mark.parametrize("text, fragment", [
@@ -122,8 +142,10 @@ def test_row_order_does_not_change_ids_and_shared_drafts_share_ids(paths):
     (SPEC.replace("k_max: 2", "k_max: 9"), "k_max"),
     (SPEC.replace("critic-filter,", "no-such-concept,"), "no-such-concept"),
     (SPEC.replace("concepts:", "concept:"), "concept"),
-    (SPEC + "  colour: [red]\n", "colour"),
-    (SPEC.replace("[1, 2]", "[0]"), "evaluation_template_replicate"),
+    (SPEC + "  colour: [red]\n", "unknown axis 'colour': a cohort row knows combo, combo_id, draft_gen_id"),
+    (SPEC.replace("[1, 2]", "[0]"), "evaluation_template_replicate must be a positive integer, got '0'"),
+    (SPEC + "  draft_model: [sonnet_4]\n", "ambiguous aliases for draft_llm: draft_llm='gemini_25_flash' and draft_model='sonnet_4'"),
+    (SPEC.replace("essay_llm: [sonnet_4, gemini_25_flash]", "essay_llm: [None]"), "essay_llm 'None' is not in llm_models.csv"),
     (SPEC + "axes: [\n", "YAML syntax error"),
 ])
 def test_spec_errors_name_the_spec_and_write_nothing(paths, text, fragment):
