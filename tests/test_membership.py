@@ -233,22 +233,14 @@ def test_original_two_phase_cohort_compiles_against_the_original_catalog(tmp_pat
 # --- the original's planner semantics: aliases, replicates, unknown axes ---------------------------
 
 def test_field_aliases_and_replicate_spellings_give_the_same_ids(paths):
-    spec(paths, "a", SPEC)
+    spec(paths, "a", SMALL)
     cat = load_catalog(paths)
     a = compile_cohort(paths, "a", cat)
     write_cohort(paths, a, EventLog(paths.events_dir))  # records the combos for the explicit specs below
     combos = sorted({r["combo_id"] for r in a.rows})
-    plain = f"""
-axes:
-  combo_id: [{', '.join(combos)}]
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1]
-  essay_llm: [sonnet_4]
-  evaluation_template: [clarity-v1]
-  evaluation_llm: [sonnet_4]
-  evaluation_replicate: [2]
-"""
+    # SMALL with its combos listed instead of generated from concepts
+    plain = SMALL.split("\n", 1)[1].replace("axes:\n", f"axes:\n  combo_id: [{', '.join(combos)}]\n") \
+        + "  evaluation_replicate: [2]\n"
     aliased = (plain.replace("combo_id:", "combo:").replace("draft_llm:", "draft_model:")
                .replace("evaluation_replicate: [2]", "evaluation_rep: ['2']")
                + "  generation_llm: [gemini_25_flash]\n  draft_rep: [1]\n  essay_template_replicate: ['1']\n")
