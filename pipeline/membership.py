@@ -133,12 +133,12 @@ def row_fields(row: dict, ignore=()) -> dict:
     """field -> value (None when blank) of one compiled spec row, by ALIASES; under "_keys", the
     key each given field was read from (for messages).
 
-    Raises PipelineError for a key that is no field (``ignore``: e.g. tie names) or for two keys
+    Raises PipelineError for a key that is no field (``ignore``: e.g. a tie's name) or for two keys
     of one field with different values."""
     unknown = sorted(k for k in row if k not in KNOWN_KEYS and k not in ignore)
     if unknown:
         raise PipelineError(f"unknown axis {unknown[0]!r}: a cohort row knows {', '.join(sorted(KNOWN_KEYS))}"
-                            + (f" (and the tie names {', '.join(sorted(ignore))})" if ignore else ""))
+                            + (f" (and the rule names {', '.join(sorted(ignore))})" if ignore else ""))
     out = {}
     for name, keys in ALIASES.items():
         given = [(k, _text(row[k])) for k in keys if k in row and _text(row.get(k)) is not None]
@@ -307,10 +307,10 @@ def _stage(builder, fields, stage, parent, combo):
                        _replicate(builder, fields, f"{stage}_replicate"), combo)
 
 
-def _fold(builder, compiled_rows, tie_names, combos):
+def _fold(builder, compiled_rows, rule_names, combos):
     for row in compiled_rows:
         try:
-            fields = row_fields(row, tie_names)
+            fields = row_fields(row, rule_names)
         except PipelineError as exc:
             builder.fail(str(exc))
         draft_id, combo = _draft(builder, fields, combos)
@@ -323,9 +323,10 @@ def _fold(builder, compiled_rows, tie_names, combos):
             _stage(builder, fields, "evaluation", essay_id, combo)
 
 
-def _tie_names(doc) -> set:
-    ties = (doc.get("rules") or {}).get("ties") if isinstance(doc.get("rules"), dict) else None
-    return set(ties) if isinstance(ties, dict) else set()
+def _rule_names(doc) -> set:
+    """Names of the spec's ties, pairs and tuples: columns a compiled row may carry besides fields."""
+    rules = doc.get("rules") if isinstance(doc.get("rules"), dict) else {}
+    return {name for kind in ("ties", "pairs", "tuples") if isinstance(rules.get(kind), dict) for name in rules[kind]}
 
 
 def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
@@ -345,7 +346,7 @@ def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
     compiled = compile_spec(spec_path, allowed_axes=None, extra_axes=extra)
     combos = {"known": {**read_mappings(paths.combo_mappings_csv), **new_combos}, "used": {}}
     builder = _Builder(paths, catalog, cohort_id, spec_path)
-    _fold(builder, compiled.rows, _tie_names(doc), combos)
+    _fold(builder, compiled.rows, _rule_names(doc), combos)
     if not builder.tables["draft"]:
         builder.fail("the spec compiles to no generations")
 

@@ -85,6 +85,7 @@ def write_cohort(paths, cohort, events) -> bool:
     unchanged cohort changes nothing on disk."""
     for level_k, combos in _group_new_combos(cohort.new_combos).items():
         record_combos(paths.combo_mappings_csv, combos, *level_k)
+    updates = []  # checked in full before anything is written
     for row in cohort.rows:
         meta_path = paths.gen_dir(row["stage"], row["gen_id"]) / "metadata.json"
         seed = _seed(cohort, row)
@@ -96,7 +97,9 @@ def write_cohort(paths, cohort, events) -> bool:
         origins = meta.get("origin_cohort_ids", [])
         merged = {**seed, **meta, "origin_cohort_ids": sorted(set(origins) | {cohort.cohort_id})}
         if merged != meta:
-            write_json_atomic(meta_path, merged, fsync=False)
+            updates.append((meta_path, merged))
+    for meta_path, merged in updates:
+        write_json_atomic(meta_path, merged, fsync=False)
     changed = write_if_changed(paths.membership_csv(cohort.cohort_id), cohort.membership_csv())
     adopted = write_if_changed(paths.manifest_json(cohort.cohort_id),
                                __import__("json").dumps(cohort.manifest, indent=2, sort_keys=True) + "\n")

@@ -371,3 +371,18 @@ def test_a_membership_without_spec_runs_as_it_is(project, stub):
     assert status.returncode == 0 and "evaluation" in status.stdout, output_of(status)
     again = run_luigi(project, "RunCohort", "--cohort-id", "picked", base_url=stub.base_url)
     assert again.returncode == 0 and len(stub.requests) == 7
+
+
+def test_seeding_refuses_metadata_of_another_generation_at_the_same_id(paths):
+    spec(paths, "c1", SPEC)
+    cohort = compile_cohort(paths, "c1", load_catalog(paths))
+    last = cohort.rows[-1]
+    # written after the compile looked (e.g. by another build): same id, another rubric
+    path = paths.gen_dir(last["stage"], last["gen_id"]) / "metadata.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**last, "template_id": "mechanism-check-v1", "replicate": str(last["replicate"])}))
+    with pytest.raises(StoreError, match=f"{path}: template_id is 'mechanism-check-v1' but cohort c1 derives"):
+        write_cohort(paths, cohort, EventLog(paths.events_dir))
+    # checked before anything was written
+    assert not paths.membership_csv("c1").exists()
+    assert [p.parent.name for p in paths.data_root.glob("gens/*/*/metadata.json")] == [last["gen_id"]]
