@@ -122,7 +122,12 @@ def compile_spec(path, allowed_axes=None, extra_axes=None, original=None) -> Com
         for name, levels in spec["axes"].items():
             if allowed_axes is not None and name not in allowed_axes:
                 raise SpecError(f"axes: unknown axis {name!r} (allowed: {_show(sorted(allowed_axes))})")
-            axes[name] = _levels(_resolve(levels, path.parent, f"axes.{name}"), f"axes.{name}")
+            levels = _resolve(levels, path.parent, f"axes.{name}")
+            if isinstance(levels, list) and levels and isinstance(levels[0], tuple):
+                raise SpecError(f"axes.{name}: {spec['axes'][name][len(FILE_PREFIX):]} has "
+                                f"{len(levels[0])} columns; an axis file needs exactly one "
+                                "(use rules.tuples for combinations)")
+            axes[name] = _levels(levels, f"axes.{name}")
         for name, levels in (extra_axes or {}).items():
             if name in axes:
                 raise SpecError(
@@ -259,6 +264,9 @@ def _csv_values(text: str, where: str) -> list:
         for cells in reader:
             if not cells:
                 continue
+            if any(cell.strip() for cell in cells[len(header):]):
+                raise SpecError(f"{where} line {reader.line_num}: {len(cells)} fields, but the header "
+                                f"names {len(header)}")
             got = [cells[i].strip() if i < len(cells) else "" for i, _ in columns]
             if len(columns) == 1:
                 if got[0]:
@@ -503,13 +511,13 @@ class _Design:
 
 def _design(axes, rules, field_order, base, allowed_axes):
     """(fields, rows) for resolved ``axes`` and checked ``rules`` (files read from ``base``)."""
-    rules = {kind: {name: dict(body) for name, body in section.items()} for kind, section in rules.items()}
-    for name, tup in rules.get("tuples", {}).items():
+    rules = {**rules, "tuples": {name: dict(body) for name, body in rules.get("tuples", {}).items()}}
+    for name, tup in rules["tuples"].items():
         where = f"rules.tuples.{name}.items"
         tup["items"] = [_entry(item, len(tup["axes"]), f"{where}[{i}]", nested=False)
                         for i, item in enumerate(_list(_resolve(tup["items"], base, where), where))]
     axes = dict(axes)
-    axes.update(_tuple_axes(rules.get("tuples", {}), axes, allowed_axes))
+    axes.update(_tuple_axes(rules["tuples"], axes, allowed_axes))
     if not axes:
         raise SpecError("axes: no axes declared (and no rules.tuples to take them from)")
     for field in field_order or []:
