@@ -47,9 +47,10 @@ Compiling, as the original does:
 
 The original's format (``spec/config.yaml``, and every spec ``daydream design`` compiles)
 requires ``output.field_order``; this project's ``spec.yaml`` may leave it out. Where the
-original would silently misbehave this module stops with a SpecError naming the file and key:
-unknown top-level, output or rule keys, bool/null/empty levels, an empty axis, a rule name
-that collides with an axis, and an axis used after an earlier rule absorbed it.
+original accepts input silently or crashes, this module stops with a SpecError naming the file
+and key: unknown top-level, output or rule-body keys (e.g. ``replicates:``), bool/null/empty or
+non-finite levels, an empty axis, CSV rows with more cells than the header, a rule name that
+is already an axis, and a pair whose two sides are tied together.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ import csv
 import io
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -424,7 +426,9 @@ def _name_list(value, where: str, minimum: int) -> list[str]:
 
 def _level(value, where: str):
     # bool is an int subclass; YAML turns yes/no/on/off into bools, which is never what was meant.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    # nan/inf would not survive a JSON or CSV round trip as the same level.
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and (isinstance(value, int) or math.isfinite(value)):
         return value
     if isinstance(value, str) and value:
         return value
@@ -434,7 +438,8 @@ def _level(value, where: str):
 def _levels(levels, where: str) -> list:
     """Checked levels, duplicates dropped (first kept)."""
     if not isinstance(levels, list) or not levels:
-        raise SpecError(f"{where}: expected a non-empty list of levels or '{FILE_PREFIX}<file>', got {_kind(levels)}")
+        raise SpecError(f"{where}: expected a non-empty list of levels or '{FILE_PREFIX}<file>', "
+                        f"got {_kind(levels)}")
     return list(dict.fromkeys(_level(level, f"{where}[{i}]") for i, level in enumerate(levels)))
 
 
@@ -495,7 +500,7 @@ class _Design:
         raise SpecError(f"{where}: unknown axis {name!r} (axes now: {_show(self.order)})")
 
     def new_name(self, name: str, where: str, allowed=()) -> None:
-        if name in self.levels and name not in allowed or name in self.absorbed:
+        if (name in self.levels and name not in allowed) or name in self.absorbed:
             raise SpecError(f"{where}: the rule name {name!r} is already an axis; give the rule another name")
 
     def replace(self, names: list[str], group: str, levels: list, label: str) -> None:

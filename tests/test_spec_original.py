@@ -99,10 +99,8 @@ rules:
       axes: [essay_template, essay_llm]
       items: '@file:items/essay_llm_pairs.csv'
   pairs:
-    evaluation_bundle:
-      left: evaluation_template
-      right: evaluation_llm
-      allowed: '@file:items/evaluation_pairs.csv'
+    evaluation_bundle: {left: evaluation_template, right: evaluation_llm,
+                        allowed: '@file:items/evaluation_pairs.csv'}
 output:
   field_order: [combo_id, draft_template, draft_llm, draft_template_replicate, essay_template,
                 essay_llm, essay_template_replicate, evaluation_template, evaluation_llm]
