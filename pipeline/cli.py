@@ -113,7 +113,7 @@ def cmd_design(args):
     from .fsio import write_text_atomic
     from .spec import compile_spec, render_rows
 
-    text = render_rows(compile_spec(args.spec_file, original=True), args.format)
+    text = render_rows(compile_spec(args.spec_file, original=True, seed=args.seed), args.format)
     if args.out:
         write_text_atomic(args.out, text)
     else:
@@ -160,6 +160,7 @@ def build_parser():
     p.add_argument("spec_file")
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     p.add_argument("--out", help="write here (atomically) instead of stdout")
+    p.add_argument("--seed", type=int, help="shuffle the rows as the original does with this seed")
     p.set_defaults(func=cmd_design)
     return parser
 

@@ -40,7 +40,7 @@ Compiling, as the original does:
    whose levels are the allowed entries, at the earlier side's place; a tuple does the same for
    its axes with its items.
 3. Rows are the Cartesian product of the remaining axes, in their order, the last varying
-   fastest. Each row is expanded: pair values into their two sides (by the names written in the
+   fastest (shuffled by ``random.Random(seed)`` if a seed is given). Each row is expanded: pair values into their two sides (by the names written in the
    rule), then tuple values into their axes, then each tied axis gets its tie's value; a tie
    whose name is not one of its axes leaves a ``<name>`` column. Columns named in
    ``field_order`` come first, the others after in the order they appeared.
@@ -60,6 +60,7 @@ import io
 import itertools
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,13 +104,14 @@ def load_spec(path) -> dict:
         raise SpecError(f"{path}: {exc}") from None
 
 
-def compile_spec(path, allowed_axes=None, extra_axes=None, original=None) -> CompiledSpec:
+def compile_spec(path, allowed_axes=None, extra_axes=None, original=None, seed=None) -> CompiledSpec:
     """Compile a spec file into rows.
 
     ``allowed_axes`` (any container of names) rejects axes the caller does not know.
     ``extra_axes`` ({name: levels}) adds axes computed elsewhere, e.g. ``combo_id`` levels made
     from the ``concepts:`` block; they follow the declared axes and take part in rules like them.
     ``original`` (default: any file not named spec.yaml) requires ``output.field_order``.
+    ``seed`` shuffles the product before expansion, with the original's ``random.Random(seed)``.
 
     >>> spec = compile_spec("spec.yaml", extra_axes={"combo_id": ["c1", "c2"]})
     >>> [row["combo_id"] for row in spec.rows]
@@ -142,7 +144,8 @@ def compile_spec(path, allowed_axes=None, extra_axes=None, original=None) -> Com
                 "output.field_order: required in the original's spec format; list the axes in "
                 "the column order you want, e.g. output: {field_order: [combo_id, draft_template]}"
             )
-        fields, rows = _design(axes, spec["rules"], spec["output"]["field_order"], path.parent, allowed_axes)
+        fields, rows = _design(axes, spec["rules"], spec["output"]["field_order"], path.parent, allowed_axes,
+                               seed)
     except SpecError as exc:
         raise SpecError(f"{path}: {exc}") from None
     extra = {key: value for key, value in spec.items() if key not in ("axes", "rules", "output")}
@@ -160,7 +163,7 @@ def expand_rows(axes: dict[str, list], rules: dict, field_order=None) -> list[di
     """
     checked = {name: _levels(levels, f"axes.{name}") for name, levels in _check_axes(axes).items()}
     order = None if field_order is None else _name_list(field_order, "output.field_order", minimum=0)
-    return _design(checked, _check_rules(rules), order, None, None)[1]
+    return _design(checked, _check_rules(rules), order, None, None, None)[1]
 
 
 def render_rows(spec: CompiledSpec, fmt: str) -> str:
@@ -514,7 +517,7 @@ class _Design:
         self.levels[group] = levels
 
 
-def _design(axes, rules, field_order, base, allowed_axes):
+def _design(axes, rules, field_order, base, allowed_axes, seed):
     """(fields, rows) for resolved ``axes`` and checked ``rules`` (files read from ``base``)."""
     rules = {**rules, "tuples": {name: dict(body) for name, body in rules.get("tuples", {}).items()}}
     for name, tup in rules["tuples"].items():
@@ -532,8 +535,11 @@ def _design(axes, rules, field_order, base, allowed_axes):
     for kind, section in rules.items():
         for name, body in section.items():
             _APPLY[kind](design, name, body, f"rules.{kind}.{name}", base)
+    combos = list(itertools.product(*(design.levels[name] for name in design.order)))
+    if seed is not None:
+        random.Random(seed).shuffle(combos)
     rows = []
-    for combo in itertools.product(*(design.levels[name] for name in design.order)):
+    for combo in combos:
         row = _expand(dict(zip(design.order, combo)), design)
         ordered = {field: row[field] for field in field_order or [] if field in row}
         ordered.update(row)

@@ -5,6 +5,7 @@ same rows in the same order, its bad inputs fail with errors naming file and key
 import csv
 import io
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -439,6 +440,16 @@ def test_design_writes_jsonl_atomically_to_out(project, tmp_path):
     assert list(first) == ["combo_id", "draft_template", "essay_template", "evaluation_replicate"]
     assert first["evaluation_replicate"] == 1  # ints stay ints
     assert [p.name for p in out.parent.iterdir()] == ["design.jsonl"]  # no temp file left
+
+
+def test_design_seed_shuffles_the_product_as_the_original(project, tmp_path):
+    path = spec_dir(tmp_path / "spec", DESIGN_SPEC, DESIGN_FILES)
+    result = run_daydream(project, "design", str(path), "--seed", "17", "--format", "jsonl", roots=False)
+    assert result.returncode == 0, output_of(result)
+    plain = compile_spec(path).rows
+    order = list(range(len(plain)))
+    random.Random(17).shuffle(order)  # what the original's compile_design(seed=17) does to the product
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [plain[i] for i in order]
 
 
 def test_design_error_names_file_and_key_and_writes_nothing(project, tmp_path):
