@@ -40,9 +40,10 @@ Compiling, as the original does:
    whose levels are the allowed entries, at the earlier side's place; a tuple does the same for
    its axes with its items.
 3. Rows are the Cartesian product of the remaining axes, in their order, the last varying
-   fastest (shuffled by ``random.Random(seed)`` if a seed is given). Each row is expanded: pair values into their two sides (by the names written in the
-   rule), then tuple values into their axes, then each tied axis gets its tie's value; a tie
-   whose name is not one of its axes leaves a ``<name>`` column. Columns named in
+   fastest (shuffled by ``random.Random(seed)`` if a seed is given). Each row is expanded:
+   pair values into their two sides (by the names written in the rule), then tuple values into
+   their axes, then each tied axis gets its tie's value; a tie whose name is not one of its
+   axes leaves a ``<name>`` column. Columns named in
    ``field_order`` come first, the others after in the order they appeared.
 
 The original's format (``spec/config.yaml``, and every spec ``daydream design`` compiles)
