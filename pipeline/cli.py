@@ -8,6 +8,7 @@
     daydream import-original SRC    # bring in a data folder written by the original
     daydream compare A B            # templates and models across cohorts
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
+    daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
 """
 import argparse
 import sys
@@ -120,6 +121,19 @@ def cmd_regenerate(args):
     return 0
 
 
+def cmd_design(args):
+    """Compile one spec file in the original's format (as its compile_experiment_design does)."""
+    from .fsio import write_text_atomic
+    from .spec import compile_spec, render_rows
+
+    text = render_rows(compile_spec(args.spec_file, original=True, seed=args.seed), args.format)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +173,13 @@ def build_parser():
     p.add_argument("gen_id")
     _add_roots(p)
     p.set_defaults(func=cmd_regenerate)
+
+    p = sub.add_parser("design", help="compile one spec file (the original's format) into design rows")
+    p.add_argument("spec_file")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--out", help="write here (atomically) instead of stdout")
+    p.add_argument("--seed", type=int, help="shuffle the rows as the original does with this seed")
+    p.set_defaults(func=cmd_design)
     return parser
 
 
