@@ -499,7 +499,11 @@ def select_top_essays(data_root, args) -> int:
     source = Path(args.aggregated_scores or Path(data_root) / "7_cross_experiment" / "aggregated_scores.csv")
     if not source.exists():
         raise PipelineError(f"aggregated_scores not found: {source}")
-    df = pd.read_csv(source)
+    try:
+        df = pd.read_csv(source)
+    except (ValueError, UnicodeDecodeError) as exc:   # pandas' parser and empty-data errors are ValueErrors
+        raise PipelineError(f"{source}: not a readable CSV ({exc}); expected the original's "
+                            f"aggregated_scores.csv") from None
     required = ["gen_id", "parent_gen_id", "evaluation_template", "evaluation_llm_model", "score"]
     missing = [c for c in required if c not in df.columns]
     if missing:

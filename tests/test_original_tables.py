@@ -15,9 +15,9 @@ from pipeline.original_tables import (evaluation_model_template_pivot, final_res
                                       perfect_score_paths, rank_essays, read_back,
                                       scores_by_template_model, to_csv_text, variance_analysis,
                                       write_cross_experiment_tables, write_table)
-from pipeline.replay import COLUMNS
+from pipeline.replay import COLUMNS, fold
 
-from conftest import output_of, run_daydream, run_luigi, write_spec
+from conftest import SMALL, output_of, run_daydream, run_luigi, write_spec
 
 SPEC_DOC = Path(__file__).resolve().parents[2] / "shared" / "daydreaming" / "ORIGINAL_OUTPUTS.md"
 
@@ -81,6 +81,25 @@ def test_normalized_row_fields(tmp_path):
     # an evaluation the log does not know still gets its row
     assert unknown["parent_gen_id"] == "" and unknown["generation_response_path"] == ""
     assert unknown["error"] == "missing parsed.txt" and unknown["combo_id"] == ""
+
+
+def completed(ts, cohort_id, stage, gen_id, parent, copy=False):
+    event = {"type": "generation_completed", "ts": ts, "event_id": f"{gen_id}-{ts}", "cohort_id": cohort_id,
+             "stage": stage, "gen_id": gen_id, "parent_gen_id": parent, "combo_id": "c1", "template_id": "t",
+             "llm_model_id": "m", "replicate": 1, "copy": copy, "source": "run"}
+    return (ts, "seg", 0), event
+
+
+def test_replay_records_the_creator_cohort_and_input_mode():
+    # a generation completed again later (regenerated, in another cohort) keeps its creator
+    pairs = [completed("2025-03", "later", "evaluation", "v1", "e1"),
+             completed("2025-01", "first", "evaluation", "v1", "e1"),
+             completed("2025-02", None, "evaluation", "v2", "e1", copy=True),
+             completed("2025-00", "essays", "essay", "e1", "d1")]
+    columns, evaluations = fold(pairs)["evaluation_results"]
+    v1, v2 = (dict(zip(columns, r)) for r in evaluations)
+    assert (v1["origin_cohort_id"], v1["input_mode"], v1["essay_origin_cohort_id"]) == ("first", "prompt", "essays")
+    assert (v2["origin_cohort_id"], v2["input_mode"]) == (None, "copy")
 
 
 def write_evaluation_results(tables_dir, evaluations):
@@ -287,17 +306,10 @@ def test_headers_are_the_specs():
 
 # ----------------------------------------------------------------------------- end to end
 
-E2E_SPEC = """\
-concepts: {ids: [idle-recombination, critic-filter], k_max: 1, description_level: sentence}
-axes:
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1]
-  essay_llm: [sonnet_4]
-  evaluation_template: [mechanism-check-v1, clarity-v1]
-  evaluation_llm: [sonnet_4, gemini_25_flash]
-  evaluation_template_replicate: [1, 2]
-"""
+# SMALL with two evaluation templates, two judges and two replicates: 16 evaluations
+E2E_SPEC = (SMALL.replace("evaluation_template: [clarity-v1]", "evaluation_template: [mechanism-check-v1, clarity-v1]")
+            .replace("evaluation_llm: [sonnet_4]\n",
+                     "evaluation_llm: [sonnet_4, gemini_25_flash]\n  evaluation_template_replicate: [1, 2]\n"))
 KEYS = ["gemini_25_flash_clarity-v1", "gemini_25_flash_mechanism-check-v1", "sonnet_4_clarity-v1",
         "sonnet_4_mechanism-check-v1"]
 PIVOT_KEYS = ["clarity-v1__gemini_25_flash", "clarity-v1__sonnet_4", "mechanism-check-v1__gemini_25_flash",
@@ -347,6 +359,13 @@ def test_cohort_run_writes_the_original_tables(project, stub):
         essay = essays[r["parent_gen_id"]]
         assert (r["generation_template"], r["generation_model"], r["origin_cohort_id"], r["input_mode"]) == \
             (essay["template_id"], essay["llm_model_id"], "orig", "prompt")
+
+    # `daydream replay` writes the cross-experiment tables too, byte for byte the same
+    before = (cross / "aggregated_scores.csv").read_bytes()
+    (cross / "aggregated_scores.csv").unlink()
+    result = run_daydream(project, "replay", "--data-root", str(data), roots=False)
+    assert result.returncode == 0, output_of(result)
+    assert (cross / "aggregated_scores.csv").read_bytes() == before
 
     # select-top-essays on the cross-experiment table: the essays tied at the best mean of the
     # per-judge best clarity scores
@@ -435,5 +454,8 @@ def test_select_errors(scored, tmp_path):
     assert not (scored.data_root / "curation" / "top_essay_candidates.csv").exists()
     missing = select(scored, "--aggregated-scores", str(tmp_path / "nope.csv"))
     assert missing.returncode == 2 and f"aggregated_scores not found: {tmp_path / 'nope.csv'}" in missing.stderr
+    (tmp_path / "empty.csv").write_text("")
+    unreadable = select(scored, "--aggregated-scores", str(tmp_path / "empty.csv"))
+    assert unreadable.returncode == 2 and f"{tmp_path / 'empty.csv'}: not a readable CSV" in unreadable.stderr
     other = select(scored, "--average-models", "other", "--output", "picked.csv")
     assert other.returncode == 0 and (scored.root / "picked.csv").read_text().count("\n") == 2
