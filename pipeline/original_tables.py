@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import PipelineError, StoreError
-from .fsio import write_if_changed, write_text_atomic
+from .fsio import remove_stale_tmp, write_if_changed, write_text_atomic
 from .membership import read_membership
 
 log = logging.getLogger("luigi-interface")
@@ -345,16 +345,18 @@ def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
 
 # ----------------------------------------------------------------------------- writing
 
-def write_table(path, df) -> bool:
-    """Write ``df`` like the original (CSV, no index). An empty table writes no file, as in the
-    original; unlike the original, a file left by an earlier run is removed, so the files always
-    reflect the current log. Returns True if a file is there afterwards."""
+def write_table(path, df):
+    """Write ``df`` like the original (CSV, no index) and return the text. An empty table writes
+    no file (None), as in the original; unlike the original, a file left by an earlier run is
+    removed, so the files always reflect the current log."""
     path = Path(path)
+    remove_stale_tmp(path.parent)   # left by a writer killed mid-write
     if df is None or df.empty:
         path.unlink(missing_ok=True)
-        return False
-    write_if_changed(path, to_csv_text(df))
-    return True
+        return None
+    text = to_csv_text(df)
+    write_if_changed(path, text)
+    return text
 
 
 def _essay_origins(evaluations) -> dict:
@@ -384,10 +386,9 @@ def write_cross_experiment_tables(data_root, tables_dir) -> None:
     evaluations = evaluation_results(tables_dir)
     rows = normalized_rows(sorted(evaluations, key=lambda ev: ev["gen_id"]), data_root)
     out = Path(data_root) / "7_cross_experiment"
-    aggregated = normalized_frame(rows, AGGREGATED_COLUMNS)
-    write_table(out / "aggregated_scores.csv", aggregated)
+    text = write_table(out / "aggregated_scores.csv", normalized_frame(rows, AGGREGATED_COLUMNS))
     write_table(out / "filtered_evaluation_results.csv", normalized_frame(rows))
-    scores = read_back(to_csv_text(aggregated)) if rows else None
+    scores = read_back(text) if text else None
     _write_pivot(out / "evaluation_scores_by_template_model.csv", scores, _essay_origins(evaluations))
 
 
@@ -405,10 +406,9 @@ def write_cohort_tables(paths, cohort_id) -> None:
     ids = cohort_evaluation_ids(members)
     rows = normalized_rows([by_id.get(gen_id, {"gen_id": gen_id}) for gen_id in ids], paths.data_root)
     reports = paths.reports_dir(cohort_id)
-    aggregated = normalized_frame(rows)
-    written = write_table(reports / "parsing" / "aggregated_scores.csv", aggregated)
+    text = write_table(reports / "parsing" / "aggregated_scores.csv", normalized_frame(rows))
     # the original's downstream assets read the aggregated table back from its file
-    scores = read_back(to_csv_text(aggregated)) if written else normalized_frame([])
+    scores = read_back(text) if text else normalized_frame([])
     # allowlists: the evaluation templates and models of the cohort's members (the spec's)
     templates = {r["evaluation_template"] for r in rows if r["evaluation_template"]}
     models = {r["evaluation_llm_model"] for r in rows if r["evaluation_llm_model"]}
@@ -418,7 +418,7 @@ def write_cohort_tables(paths, cohort_id) -> None:
     write_table(summary / "final_results.csv", final_results(scores))
     write_table(summary / "perfect_score_paths.csv", perfect_score_paths(scores))
     write_table(reports / "analysis" / "variance_analysis.csv", variance_analysis(scores))
-    _write_pivot(summary / "evaluation_scores_by_template_model.csv", scores if written else None,
+    _write_pivot(summary / "evaluation_scores_by_template_model.csv", scores if text else None,
                  _essay_origins(evaluations), (templates, models))
 
 

@@ -133,8 +133,8 @@ def test_cross_experiment_tables_sorted_by_gen_id_and_empty_ones_removed(tmp_pat
 
 def test_write_table_skips_empty_frames(tmp_path):
     path = tmp_path / "t.csv"
-    assert write_table(path, pd.DataFrame({"a": [1.0]})) and path.read_text() == "a\n1.0\n"
-    assert not write_table(path, pd.DataFrame(columns=["a"])) and not path.exists()
+    assert write_table(path, pd.DataFrame({"a": [1.0]})) == path.read_text() == "a\n1.0\n"
+    assert write_table(path, pd.DataFrame(columns=["a"])) is None and not path.exists()
 
 
 # ----------------------------------------------------------------------------- cohort tables
