@@ -9,6 +9,7 @@
     daydream compare A B            # templates and models across cohorts
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
     daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
+    daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
 """
 import argparse
 import sys
@@ -134,6 +135,12 @@ def cmd_design(args):
     return 0
 
 
+def cmd_select_top_essays(args):
+    from .original_tables import select_top_essays
+
+    return select_top_essays(_paths(args).data_root, args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +187,25 @@ def build_parser():
     p.add_argument("--out", help="write here (atomically) instead of stdout")
     p.add_argument("--seed", type=int, help="shuffle the rows as the original does with this seed")
     p.set_defaults(func=cmd_design)
+
+    # the original's scripts/select_top_essays.py: same flags, defaults, columns and messages
+    p = sub.add_parser("select-top-essays", help="rank essays by one evaluation template into an editable "
+                       "candidate list (<data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--cohort-id", required=True, help="label stored as proposed_cohort_id (nothing is created)")
+    p.add_argument("--template", required=True, help="evaluation template to rank by")
+    p.add_argument("--top-n", type=int, default=10, help="keep the N best by avg_score (default: 10)")
+    p.add_argument("--score-span", type=float, default=None,
+                   help="keep all within this distance of the best avg_score (overrides --top-n)")
+    p.add_argument("--max-only", action="store_true",
+                   help="keep all tied at the best avg_score (overrides --top-n and --score-span)")
+    p.add_argument("--aggregated-scores",
+                   help="input (default: <data-root>/7_cross_experiment/aggregated_scores.csv)")
+    p.add_argument("--average-models", nargs="*", default=["sonnet-4", "gemini_25_pro"],
+                   help="evaluation models whose scores are averaged (default: sonnet-4 gemini_25_pro)")
+    p.add_argument("--output", help="candidate list (default: <data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_roots(p)
+    p.set_defaults(func=cmd_select_top_essays)
     return parser
 
 
