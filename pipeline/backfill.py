@@ -2,66 +2,72 @@
 
 A store made before the event log existed (or by the original Dagster pipeline, which uses the
 same data/gens/<stage>/<gen_id>/ layout) joins the results tables this way. Backfilled events
-carry ``"source": "backfill"``; running it twice writes nothing the second time.
+carry ``"source": "backfill"`` and the creator cohort (metadata ``origin_cohort_id``) as
+``cohort_id``; running it twice writes nothing the second time.
 
-    >>> backfill(Paths.from_config())     # -> number of events written
+    >>> result = backfill(Paths.from_config())
+    >>> result.written, result.warnings     # events written, one line per generation not scored
 """
 import os
+from dataclasses import dataclass, field
 
-from .errors import ParseError, StoreError
 from .events import EventLog, scan_events
-from .fsio import read_json
-from .generation import LINEAGE, sha256
-from .parsers import parse_score
 from .paths import STAGES
+from .stored_gen import emit_completed, lineage, read_score, read_stored
 
 _DONE_TYPES = {"generation_completed", "generation_reused"}
 
 
-def logged_generations(events_dir) -> set:
-    """gen ids that already have a completed/reused event."""
-    return {e["gen_id"] for _, e in scan_events(events_dir, skip_bad=True) if e["type"] in _DONE_TYPES}
+@dataclass
+class BackfillResult:
+    written: int = 0
+    warnings: list = field(default_factory=list)
 
 
-def backfill(paths) -> int:
-    known = logged_generations(paths.events_dir)
+def logged(events_dir) -> tuple:
+    """(gen ids that already have a completed/reused event, cohort ids with a cohort_built event)."""
+    gens, cohorts = set(), set()
+    for _, event in scan_events(events_dir, skip_bad=True):
+        if event["type"] in _DONE_TYPES:
+            gens.add(event["gen_id"])
+        elif event["type"] == "cohort_built":
+            cohorts.add(event.get("cohort_id"))
+    return gens, cohorts
+
+
+def backfill(paths) -> BackfillResult:
+    known, _ = logged(paths.events_dir)
+    result = BackfillResult()
+    metas = {}  # (stage, gen_id) -> metadata, for walking up to a generation's draft
+
+    def meta_of(stage, gen_id):
+        if (stage, gen_id) not in metas:
+            gdir = paths.data_root / "gens" / stage / gen_id
+            metas[stage, gen_id] = read_stored(gdir, stage, gen_id, lambda _: None, strict=False).meta
+        return metas[stage, gen_id]
+
     log = EventLog(paths.events_dir)
-    written = 0
-    for stage in STAGES:
-        stage_dir = paths.data_root / "gens" / stage
-        if not stage_dir.is_dir():
-            continue
-        for gen_id in sorted(os.listdir(stage_dir)):
-            gdir = stage_dir / gen_id
-            parsed, raw = gdir / "parsed.txt", gdir / "raw.txt"
-            if gen_id in known or not parsed.exists():
+    try:
+        for stage in STAGES:
+            stage_dir = paths.data_root / "gens" / stage
+            if not stage_dir.is_dir():
                 continue
-            try:
-                meta = read_json(gdir / "metadata.json") if (gdir / "metadata.json").exists() else {}
-            except StoreError:
-                meta = {}
-            lineage = {k: meta.get(k) for k in LINEAGE}
-            parsed_text = parsed.read_text(encoding="utf-8", errors="replace")
-            raw_text = raw.read_text(encoding="utf-8", errors="replace") if raw.exists() else parsed_text
-            base = {"cohort_id": None, "stage": stage, "gen_id": gen_id}
-            if stage == "evaluation":
-                try:
-                    score = parse_score(parsed_text)
-                except ParseError:
-                    score = None
-                if score is not None:
-                    log.emit("score_parsed", **base, score=score.score, scale=score.scale,
-                             parser=meta.get("parser") or "in_last_line", source="backfill")
-                    written += 1
-            log.emit("generation_completed", **base, **lineage, provider_model=meta.get("provider_model"),
-                     finish_reason=meta.get("finish_reason"), prompt_tokens=meta.get("prompt_tokens"),
-                     completion_tokens=meta.get("completion_tokens"), cost=meta.get("cost"),
-                     duration_s=meta.get("duration_s"), attempts=meta.get("attempts"),
-                     raw_path=os.path.relpath(raw, paths.data_root),
-                     parsed_path=os.path.relpath(parsed, paths.data_root),
-                     raw_sha256=sha256(raw_text), source="backfill",
-                     copy=meta.get("generator") == "copy")
-            written += 1
-    log.fsync()
-    log.close()
-    return written
+            for gen_id in sorted(os.listdir(stage_dir)):
+                gdir = stage_dir / gen_id
+                if gen_id in known or not (gdir / "parsed.txt").exists():
+                    continue
+                gen = read_stored(gdir, stage, gen_id, result.warnings.append, strict=False)
+                metas[stage, gen_id] = gen.meta
+                score = None
+                if stage == "evaluation":
+                    try:
+                        score = read_score(gen, judge_fallback=True)
+                    except ValueError as exc:
+                        result.warnings.append(f"{os.path.relpath(gdir / 'parsed.txt', paths.data_root)}: "
+                                               f"{exc} (no score backfilled)")
+                result.written += emit_completed(log, gen, lineage(meta_of, stage, gen_id), gdir,
+                                                 paths.data_root, "backfill", score)
+        log.fsync()
+    finally:
+        log.close()
+    return result

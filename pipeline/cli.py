@@ -5,8 +5,11 @@
     daydream parse-score FILE...    # check a score parser against saved responses
     daydream replay                 # rebuild data/tables from the event log
     daydream rebuild-log            # backfill events for generations made without them
+    daydream import-original SRC    # bring in a data folder written by the original
     daydream compare A B            # templates and models across cohorts
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
+    daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
+    daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
 """
 import argparse
 import sys
@@ -84,8 +87,20 @@ def cmd_rebuild_log(args):
     from .backfill import backfill
 
     paths = _paths(args)
-    n = backfill(paths)
-    print(f"wrote {n} backfill event(s) to {paths.events_dir}")
+    result = backfill(paths)
+    for warning in result.warnings:
+        print(f"daydream: warning: {warning}", file=sys.stderr)
+    print(f"wrote {result.written} backfill event(s) to {paths.events_dir}")
+    return 0
+
+
+def cmd_import_original(args):
+    from .import_original import import_original
+
+    summary = import_original(args.src_data, _paths(args))
+    for warning in summary.warnings:
+        print(f"daydream: warning: {warning}", file=sys.stderr)
+    print(summary.text())
     return 0
 
 
@@ -105,6 +120,25 @@ def cmd_regenerate(args):
         print(line)
     print(f"{args.stage} {args.gen_id} and its dependents will be generated again by the next run")
     return 0
+
+
+def cmd_design(args):
+    """Compile one spec file in the original's format (as its compile_experiment_design does)."""
+    from .fsio import write_text_atomic
+    from .spec import compile_spec, render_rows
+
+    text = render_rows(compile_spec(args.spec_file, original=True, seed=args.seed), args.format)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_select_top_essays(args):
+    from .original_tables import select_top_essays
+
+    return select_top_essays(_paths(args).data_root, args)
 
 
 def build_parser():
@@ -131,6 +165,11 @@ def build_parser():
     _add_roots(p)
     p.set_defaults(func=cmd_rebuild_log)
 
+    p = sub.add_parser("import-original", help="import a data folder written by the original (its SRC is only read)")
+    p.add_argument("src_data", help="the original's data folder (holding gens/, cohorts/, combo_mappings.csv)")
+    _add_roots(p)
+    p.set_defaults(func=cmd_import_original)
+
     p = sub.add_parser("compare", help="compare templates and models across cohorts")
     p.add_argument("cohort_ids", nargs="+")
     _add_roots(p)
@@ -141,6 +180,32 @@ def build_parser():
     p.add_argument("gen_id")
     _add_roots(p)
     p.set_defaults(func=cmd_regenerate)
+
+    p = sub.add_parser("design", help="compile one spec file (the original's format) into design rows")
+    p.add_argument("spec_file")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--out", help="write here (atomically) instead of stdout")
+    p.add_argument("--seed", type=int, help="shuffle the rows as the original does with this seed")
+    p.set_defaults(func=cmd_design)
+
+    # the original's scripts/select_top_essays.py: same flags, defaults, columns and messages
+    p = sub.add_parser("select-top-essays", help="rank essays by one evaluation template into an editable "
+                       "candidate list (<data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--cohort-id", required=True, help="label stored as proposed_cohort_id (nothing is created)")
+    p.add_argument("--template", required=True, help="evaluation template to rank by")
+    p.add_argument("--top-n", type=int, default=10, help="keep the N best by avg_score (default: 10)")
+    p.add_argument("--score-span", type=float, default=None,
+                   help="keep all within this distance of the best avg_score (overrides --top-n)")
+    p.add_argument("--max-only", action="store_true",
+                   help="keep all tied at the best avg_score (overrides --top-n and --score-span)")
+    p.add_argument("--aggregated-scores",
+                   help="input (default: <data-root>/7_cross_experiment/aggregated_scores.csv)")
+    p.add_argument("--average-models", nargs="*", default=["sonnet-4", "gemini_25_pro"],
+                   help="evaluation models whose scores are averaged (default: sonnet-4 gemini_25_pro)")
+    p.add_argument("--output", help="candidate list (default: <data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_roots(p)
+    p.set_defaults(func=cmd_select_top_essays)
     return parser
 
 

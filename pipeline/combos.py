@@ -60,13 +60,20 @@ def record_combos(path, combos: dict, description_level, k_max) -> int:
             continue
         for concept in sorted(concepts):
             new_rows.append([cid, "v1", concept, description_level, k_max, now])
-    if not new_rows:
-        return 0
+    append_rows(path, new_rows)
+    return len({r[0] for r in new_rows})
+
+
+def append_rows(path, rows):
+    """Append mapping rows (lists in FIELDS order) to ``path``, with the header if it is new."""
+    if not rows:
+        return
+    path = Path(path)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if not path.exists():
         writer.writerow(FIELDS)
-    writer.writerows(new_rows)
+    writer.writerows(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     # one O_APPEND write: concurrent builders never interleave rows
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -75,4 +82,3 @@ def record_combos(path, combos: dict, description_level, k_max) -> int:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return len({r[0] for r in new_rows})
