@@ -20,27 +20,6 @@ ORIGINAL_DATA = SHARED / "original_store" / "data"
 needs_original = pytest.mark.skipif(not (ORIGINAL_DATA / "gens").exists() or not (SHARED / "1_raw").exists(),
                                     reason="the original's store (../shared/daydreaming) is not present")
 
-# orig-pilot's spec written with declared axes (the dialect of this branch's spec.py)
-ORIG_PILOT_DECLARED = """\
-axes:
-  combo_id: [combo_v1_99d8c57e92a9, combo_v1_33f7fd3ced7a]
-  draft_llm: [gemini_25_pro]
-  essay_llm: [gemini_25_pro]
-  evaluation_template: [novelty-v2, creativity-metrics-v2]
-  evaluation_llm: [sonnet-4, gemini_25_pro]
-  evaluation_replicate: ['1', '2']
-  draft_template: [deliberate-rolling-thread-v3, creative-synthesis-v10]
-  essay_template: [parsed-from-links-v1, creative-synthesis-v10]
-rules:
-  tuples:
-    draft_essay:
-      axes: [draft_template, essay_template]
-      items:
-        - [deliberate-rolling-thread-v3, parsed-from-links-v1]
-        - [creative-synthesis-v10, creative-synthesis-v10]
-"""
-
-
 def original_membership_ids():
     with open(ORIGINAL_DATA / "cohorts" / "orig-pilot" / "membership.csv", newline="") as fh:
         return [(r["stage"], r["gen_id"]) for r in csv.DictReader(fh)]
@@ -84,7 +63,6 @@ def test_collision_variants_are_deterministic_and_run_out_after_four():
 
 
 @needs_original
-@pytest.mark.xfail(strict=False, reason="needs spec dialect (spec branch)")
 def test_orig_pilot_spec_compiles_to_the_ids_of_its_membership(tmp_path):
     # the original's own spec, found at data/cohorts/<id>/spec/config.yaml; an empty store
     data = tmp_path / "data"
@@ -99,9 +77,8 @@ def test_orig_pilot_spec_compiles_to_the_ids_of_its_membership(tmp_path):
 def test_orig_pilot_reproduces_the_original_store_and_seeding_keeps_its_metadata(tmp_path):
     data = tmp_path / "data"
     shutil.copytree(ORIGINAL_DATA, data)
-    spec = tmp_path / "cohorts" / "pilot2" / "spec.yaml"
-    spec.parent.mkdir(parents=True)
-    spec.write_text(ORIG_PILOT_DECLARED)
+    # the same spec as a second cohort, at the other spec location of the original's layout
+    shutil.copytree(data / "cohorts" / "orig-pilot" / "spec", tmp_path / "cohorts" / "pilot2" / "spec")
     paths = Paths(data_root=data, raw_root=SHARED / "1_raw", cohorts_root=tmp_path / "cohorts")
     cohort = compile_cohort(paths, "pilot2", load_catalog(paths))
     assert [(r["stage"], r["gen_id"]) for r in cohort.rows] == original_membership_ids()

@@ -147,6 +147,8 @@ def test_a_built_essay_keeps_its_model_whatever_order_later_specs_list_models_in
     (SPEC.replace("critic-filter,", "no-such-concept,"), "no-such-concept"),
     (SPEC.replace("concepts:", "concept:"), "concept"),
     (SPEC + "  colour: [red]\n", "unknown axis 'colour': a cohort row knows combo, combo_id, draft_gen_id"),
+    (SPEC + "rules:\n  tuples:\n    looks: {axes: [colour, shade], items: [[red, dark]]}\n",
+     "unknown axis 'colour': a cohort row knows combo, combo_id"),
     (SPEC.replace("[1, 2]", "[0]"), "evaluation_template_replicate must be a positive integer, got '0'"),
     (SPEC + "  draft_model: [sonnet_4]\n", "ambiguous aliases for draft_llm: draft_llm='gemini_25_flash' and draft_model='sonnet_4'"),
     (SPEC.replace("essay_llm: [sonnet_4, gemini_25_flash]", "essay_llm: [None]"), "essay_llm 'None' is not in llm_models.csv"),
