@@ -93,11 +93,16 @@ class Cohort:
         return out
 
     def membership_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, MEMBERSHIP_FIELDS, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return buf.getvalue()
+        return membership_text(self.rows)
+
+
+def membership_text(rows) -> str:
+    """membership.csv text (MEMBERSHIP_FIELDS columns) for membership row dicts."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, MEMBERSHIP_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def _concept_combos(spec_path, block, catalog):
