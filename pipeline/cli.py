@@ -8,6 +8,8 @@
     daydream import-original SRC    # bring in a data folder written by the original
     daydream compare A B            # templates and models across cohorts
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
+    daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
+    daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
 """
 import argparse
 import sys
@@ -35,7 +37,7 @@ def cmd_plan(args):
     catalog = load_catalog(paths)
     cohort = compile_cohort(paths, args.cohort_id, catalog)
     todo = {r["gen_id"] for r in pending(paths, cohort.rows)}
-    print(f"cohort {args.cohort_id}: {cohort.spec_path} against catalog {paths.raw_root}")
+    print(f"cohort {args.cohort_id}: {cohort.spec_path or paths.membership_csv(args.cohort_id)} against catalog {paths.raw_root}")
     print(f"{'stage':<12}{'generations':>12}{'LLM calls':>11}{'done':>8}{'to run':>8}")
     total_calls = total_todo = 0
     for stage in ("draft", "essay", "evaluation"):
@@ -124,6 +126,25 @@ def cmd_regenerate(args):
     return 0
 
 
+def cmd_design(args):
+    """Compile one spec file in the original's format (as its compile_experiment_design does)."""
+    from .fsio import write_text_atomic
+    from .spec import compile_spec, render_rows
+
+    text = render_rows(compile_spec(args.spec_file, original=True, seed=args.seed), args.format)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_select_top_essays(args):
+    from .original_tables import select_top_essays
+
+    return select_top_essays(_paths(args).data_root, args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +185,32 @@ def build_parser():
     p.add_argument("gen_id")
     _add_roots(p)
     p.set_defaults(func=cmd_regenerate)
+
+    p = sub.add_parser("design", help="compile one spec file (the original's format) into design rows")
+    p.add_argument("spec_file")
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    p.add_argument("--out", help="write here (atomically) instead of stdout")
+    p.add_argument("--seed", type=int, help="shuffle the rows as the original does with this seed")
+    p.set_defaults(func=cmd_design)
+
+    # the original's scripts/select_top_essays.py: same flags, defaults, columns and messages
+    p = sub.add_parser("select-top-essays", help="rank essays by one evaluation template into an editable "
+                       "candidate list (<data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--cohort-id", required=True, help="label stored as proposed_cohort_id (nothing is created)")
+    p.add_argument("--template", required=True, help="evaluation template to rank by")
+    p.add_argument("--top-n", type=int, default=10, help="keep the N best by avg_score (default: 10)")
+    p.add_argument("--score-span", type=float, default=None,
+                   help="keep all within this distance of the best avg_score (overrides --top-n)")
+    p.add_argument("--max-only", action="store_true",
+                   help="keep all tied at the best avg_score (overrides --top-n and --score-span)")
+    p.add_argument("--aggregated-scores",
+                   help="input (default: <data-root>/7_cross_experiment/aggregated_scores.csv)")
+    p.add_argument("--average-models", nargs="*", default=["sonnet-4", "gemini_25_pro"],
+                   help="evaluation models whose scores are averaged (default: sonnet-4 gemini_25_pro)")
+    p.add_argument("--output", help="candidate list (default: <data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_roots(p)
+    p.set_defaults(func=cmd_select_top_essays)
     return parser
 
 

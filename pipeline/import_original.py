@@ -23,15 +23,13 @@ from .errors import StoreError
 from .events import EventLog
 from .fsio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .generation import sha256
-from .membership import spec_folder_hash
+from .membership import MEMBERSHIP_FIELDS, membership_text, spec_folder_hash
 from .paths import STAGES, check_id
 from .store import file_sha256
 from .stored_gen import emit_completed, lineage, original_score, read_stored
 
 # parsed.txt last: its presence is what marks a generation done
 LINKED = ("prompt.txt", "raw.txt", "raw_metadata.json", "parsed_metadata.json", "parsed.txt")
-WIDE_MEMBERSHIP = ["stage", "gen_id", "origin_cohort_id", "parent_gen_id", "combo_id", "template_id",
-                   "llm_model_id", "replicate"]
 _SHOW = 5  # conflicts listed in an error
 
 
@@ -50,7 +48,7 @@ class GenPlan:
 class CohortPlan:
     cohort_id: str
     spec_files: list      # (src file, dest file) pairs to copy
-    members: list         # WIDE_MEMBERSHIP dicts; [] when SRC has no membership.csv
+    members: list         # MEMBERSHIP_FIELDS dicts; [] when SRC has no membership.csv
     membership_text: str | None   # to write; None when dest already lists the same members
     log_event: bool
 
@@ -236,7 +234,7 @@ def _plan_cohort(cohort_dir, paths, meta_of, known_cohorts, conflicts) -> Cohort
     dest_csv = paths.membership_csv(cohort_id)
     if members:
         if not dest_csv.exists():
-            text = _membership_text(members)
+            text = membership_text(members)
         elif _listed(dest_csv) != {(m["stage"], m["gen_id"]) for m in members}:
             conflicts.append(f"{cohort_dir / 'membership.csv'} lists other generations than {dest_csv}")
     return CohortPlan(cohort_id, spec_files, members, text, bool(members) and cohort_id not in known_cohorts)
@@ -266,15 +264,8 @@ def _members(path, cohort_id, meta_of) -> list:
         derived = {**lineage(meta_of, stage, gen_id),
                    "origin_cohort_id": str(meta.get("origin_cohort_id") or cohort_id).strip()}
         out.append({k: row[k] if row.get(k) not in (None, "") else derived.get(k, "")
-                    for k in WIDE_MEMBERSHIP} | {"stage": stage, "gen_id": gen_id})
+                    for k in MEMBERSHIP_FIELDS} | {"stage": stage, "gen_id": gen_id})
     return out
-
-
-def _membership_text(members) -> str:
-    lines = [",".join(WIDE_MEMBERSHIP)]
-    for m in members:
-        lines.append(",".join("" if m[k] is None else str(m[k]) for k in WIDE_MEMBERSHIP))
-    return "\n".join(lines) + "\n"
 
 
 def _listed(path) -> set:
@@ -322,8 +313,8 @@ def apply_import(plan: ImportPlan, paths) -> ImportSummary:
                 spec = paths.cohort_dir(c.cohort_id) / "spec" / "config.yaml"
                 log.emit("cohort_built", cohort_id=c.cohort_id, stage=None, gen_id=None, source="import",
                          spec_hash=spec_folder_hash(spec) if spec.exists() else None, catalog_hash=None,
-                         counts=dict(Counter(m["stage"] for m in c.members)), member_fields=WIDE_MEMBERSHIP,
-                         members=[[m[k] for k in WIDE_MEMBERSHIP] for m in c.members])
+                         counts=dict(Counter(m["stage"] for m in c.members)), member_fields=MEMBERSHIP_FIELDS,
+                         members=[[m[k] for k in MEMBERSHIP_FIELDS] for m in c.members])
                 events += 1
         log.fsync()
     changed = sum(1 for c in plan.cohorts if c.spec_files or c.membership_text is not None or c.log_event)

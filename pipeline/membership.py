@@ -1,41 +1,89 @@
-"""Compile a cohort (spec + catalog) into membership rows with deterministic generation ids.
+"""Compile a cohort (spec + catalog) into membership rows with the original's generation ids.
 
-    >>> cohort = compile_cohort(paths, "demo")
-    >>> cohort.counts            # {"draft": 4, "essay": 8, "evaluation": 16}
-    >>> cohort.rows[0]           # {"stage": "draft", "gen_id": "d_...", "parent_gen_id": "", ...}
+    >>> cohort = compile_cohort(paths, "demo", catalog)
+    >>> cohort.counts            # {"draft": 6, "essay": 12, "evaluation": 24}
+    >>> cohort.rows[0]           # {"stage": "draft", "gen_id": "d_...", "origin_cohort_id": "demo", ...}
 
-Pure apart from reading the spec, the catalog and combo_mappings.csv; writing is BuildCohort's job.
+Each compiled spec row names one draft -> essay -> evaluation chain by these fields (the first
+non-blank of a field's keys wins; two keys of one field with different values are refused):
+
+    combo_id             combo_id, combo
+    draft_template       draft_template
+    draft_llm            draft_llm, draft_model, generation_llm
+    draft_replicate      draft_replicate, draft_template_replicate, draft_rep
+    essay_template       essay_template
+    essay_llm            essay_llm ('None' allowed for copy-mode essay templates)
+    essay_replicate      essay_replicate, essay_template_replicate, essay_rep
+    evaluation_template  evaluation_template
+    evaluation_llm       evaluation_llm
+    evaluation_replicate evaluation_replicate, evaluation_template_replicate,
+                         evaluation_llm_replicate, evaluation_rep
+    draft_gen_id         an existing draft: its combo/template/model/replicate come from its metadata.json
+    essay_gen_id         an existing essay: its and its draft's fields come from their metadata.json
+
+A missing replicate is 1. Rows fold into unique drafts, essays and evaluations in first-seen
+order (duplicate rows add nothing); ids are resolved with ``ids.resolve_gen_id`` against this
+build and the store. A row may stop after its draft or its essay. Existing generations named by
+``draft_gen_id``/``essay_gen_id`` keep their ids and are never regenerated: a curated cohort of
+them only buys the evaluations it adds.
+
+A cohort with no spec but a membership.csv (e.g. written by the original's
+build_cohort_from_list.py) is taken as it is.
 """
 import csv
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import ids
 from .catalog import DESCRIPTION_LEVELS, Catalog
 from .combos import generate_combos, read_mappings
-from .errors import SpecError
+from .errors import PipelineError, SpecError, StoreError
+from .fsio import read_json
 from .paths import STAGES, Paths, check_id
 from .spec import compile_spec, load_spec
 
-MEMBERSHIP_FIELDS = ["stage", "gen_id", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate"]
-AXES = [
-    "combo_id", "draft_template", "draft_llm", "essay_template", "essay_llm",
-    "evaluation_template", "evaluation_llm",
-    "draft_template_replicate", "essay_template_replicate", "evaluation_template_replicate",
-]
+MEMBERSHIP_FIELDS = ["stage", "gen_id", "origin_cohort_id", "parent_gen_id", "combo_id", "template_id",
+                     "llm_model_id", "replicate"]
+# membership.csv as written by earlier versions of this project, and the original's slim form
+LEGACY_FIELDS = [f for f in MEMBERSHIP_FIELDS if f != "origin_cohort_id"]
+SLIM_FIELDS = ["stage", "gen_id"]
+ALIASES = {
+    "combo_id": ("combo_id", "combo"),
+    "draft_template": ("draft_template",),
+    "draft_llm": ("draft_llm", "draft_model", "generation_llm"),
+    "draft_replicate": ("draft_replicate", "draft_template_replicate", "draft_rep"),
+    "essay_template": ("essay_template",),
+    "essay_llm": ("essay_llm",),
+    "essay_replicate": ("essay_replicate", "essay_template_replicate", "essay_rep"),
+    "evaluation_template": ("evaluation_template",),
+    "evaluation_llm": ("evaluation_llm",),
+    "evaluation_replicate": ("evaluation_replicate", "evaluation_template_replicate", "evaluation_llm_replicate",
+                             "evaluation_rep"),
+    "draft_gen_id": ("draft_gen_id",),
+    "essay_gen_id": ("essay_gen_id",),
+}
+KNOWN_KEYS = {key for keys in ALIASES.values() for key in keys}
+# fields an existing generation named by draft_gen_id / essay_gen_id supplies itself
+PINNED_FIELDS = {
+    "draft_gen_id": ("combo_id", "draft_template", "draft_llm", "draft_replicate"),
+    "essay_gen_id": ("combo_id", "draft_template", "draft_llm", "draft_replicate", "essay_template", "essay_llm",
+                     "essay_replicate", "draft_gen_id"),
+}
+NO_ESSAY_LLM = "None"  # the original's essay_llm for copy-mode essays, which call no model
 CONCEPTS_KEYS = {"ids", "k_max", "description_level"}
 
 
 @dataclass
 class Cohort:
     cohort_id: str
-    spec_path: Path
+    spec_path: Path | None  # None: the cohort is its membership.csv
     rows: list            # membership rows (dicts with MEMBERSHIP_FIELDS)
     combos: dict          # combo_id -> {"concepts": tuple, "description_level": str, "k_max": int}
     new_combos: dict      # combos generated by the spec's concepts: block (to record)
     manifest: dict
+    modes: dict = field(default_factory=dict)  # (stage, template_id) -> generator (llm | copy)
 
     @property
     def counts(self):
@@ -45,11 +93,16 @@ class Cohort:
         return out
 
     def membership_csv(self) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, MEMBERSHIP_FIELDS, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        return buf.getvalue()
+        return membership_text(self.rows)
+
+
+def membership_text(rows) -> str:
+    """membership.csv text (MEMBERSHIP_FIELDS columns) for membership row dicts."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, MEMBERSHIP_FIELDS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def _concept_combos(spec_path, block, catalog):
@@ -76,105 +129,266 @@ def _concept_combos(spec_path, block, catalog):
     return {cid: {"concepts": c, "description_level": level, "k_max": k_max} for cid, c in combos.items()}
 
 
-def _check_level(spec_path, axis, value, known, where):
-    if value not in known:
-        raise SpecError(f"{spec_path}: {axis} {value!r} is not in {where}")
+def _text(value):
+    text = "" if value is None else str(value).strip()
+    return text or None
 
 
-def _replicates(row, axis, default, spec_path):
-    value = row.get(axis)
-    if value in (None, ""):
-        return list(range(1, default + 1))
+def row_fields(row: dict, ignore=()) -> dict:
+    """field -> value (None when blank) of one compiled spec row, by ALIASES; under "_keys", the
+    key each given field was read from (for messages).
+
+    Raises PipelineError for a key that is no field (``ignore``: e.g. a tie's name) or for two keys
+    of one field with different values."""
+    unknown = sorted(k for k in row if k not in KNOWN_KEYS and k not in ignore)
+    if unknown:
+        raise PipelineError(f"unknown axis {unknown[0]!r}: a cohort row knows {', '.join(sorted(KNOWN_KEYS))}"
+                            + (f" (and the rule names {', '.join(sorted(ignore))})" if ignore else ""))
+    out = {}
+    for name, keys in ALIASES.items():
+        given = [(k, _text(row[k])) for k in keys if k in row and _text(row.get(k)) is not None]
+        if len({v for _, v in given}) > 1:
+            raise PipelineError(f"ambiguous aliases for {name}: "
+                                + " and ".join(f"{k}={v!r}" for k, v in given) + "; keep one of them")
+        out[name] = given[0][1] if given else None
+        if given:
+            out.setdefault("_keys", {})[name] = given[0][0]
+    return out
+
+
+class _Builder:
+    """Folds spec rows into membership rows, resolving ids against this build and the store."""
+
+    def __init__(self, paths, catalog, cohort_id, where):
+        self.paths, self.catalog, self.cohort_id, self.where = paths, catalog, cohort_id, where
+        self.tables = {stage: {} for stage in STAGES}  # gen_id -> membership row, first-seen order
+        self.held = {}     # (stage, gen_id) -> (signature, writer) taken in this build
+        self.memo = {}     # (stage, signature, writer) -> gen_id
+        self.pinned = set()  # (stage, gen_id) of existing generations named in the spec
+
+    def fail(self, message):
+        raise SpecError(f"{self.where}: {message}")
+
+    # -- who holds an id ------------------------------------------------------------------------
+    def _writer(self, stage, template_id, llm_model_id, mode=None):
+        """The model an essay's text comes from; None for copies and for other stages."""
+        if stage != "essay":
+            return None
+        template = self.catalog.templates["essay"].get(str(template_id or "").strip())
+        generator = template.generator if template else (mode or "llm")
+        return None if generator == "copy" else (_text(llm_model_id) or "").lower() or None
+
+    def _on_disk(self, stage, gen_id):
+        path = self.paths.gen_dir(stage, gen_id) / "metadata.json"
+        if not path.exists():
+            return None
+        try:
+            meta = read_json(path)
+            return (ids.signature_from_metadata(stage, meta),
+                    self._writer(stage, meta.get("template_id"), meta.get("llm_model_id"),
+                                 meta.get("mode") or meta.get("generator")))
+        except (PipelineError, AttributeError):
+            return ("unreadable", str(path))  # never matches: the id stays with what is there
+
+    def _holder(self, stage):
+        return lambda gen_id: self.held.get((stage, gen_id)) or self._on_disk(stage, gen_id)
+
+    def add(self, stage, parent, template_id, llm_model_id, replicate, combo_id) -> str:
+        try:
+            sig = ids.signature(stage, parent, template_id, llm_model_id, replicate)
+            writer = self._writer(stage, template_id, llm_model_id)
+            key = (stage, sig, writer)
+            gen_id = self.memo.get(key)
+            if gen_id is None:
+                gen_id = self.memo[key] = ids.resolve_gen_id(stage, sig, self._holder(stage), writer)
+                self.held[(stage, gen_id)] = (sig, writer)
+        except PipelineError as exc:
+            self.fail(str(exc))
+        self.tables[stage].setdefault(gen_id, {
+            "stage": stage, "gen_id": gen_id, "origin_cohort_id": self.cohort_id,
+            "parent_gen_id": "" if stage == "draft" else parent, "combo_id": combo_id, "template_id": template_id,
+            "llm_model_id": llm_model_id, "replicate": sig[-1]})
+        return gen_id
+
+    # -- existing generations named in the spec ---------------------------------------------------
+    def existing(self, stage, gen_id, axis) -> dict:
+        """Metadata of an existing generation named by ``axis``; SpecError naming it when absent."""
+        try:
+            check_id(gen_id, "generation id")
+        except PipelineError as exc:
+            self.fail(f"{axis}: {exc}")
+        path = self.paths.gen_dir(stage, gen_id) / "metadata.json"
+        if not path.exists():
+            other = next((s for s in STAGES if s != stage and (self.paths.gen_dir(s, gen_id) / "metadata.json").exists()),
+                         None)
+            self.fail(f"{axis} {gen_id!r}: no such {stage} ({path} does not exist)"
+                      + (f"; {gen_id} is a {other}" if other else ""))
+        try:
+            meta = read_json(path)
+        except StoreError as exc:
+            self.fail(f"{axis} {gen_id!r}: {exc}")
+        missing = [k for k in ("template_id", "llm_model_id") + (("combo_id",) if stage == "draft" else ("parent_gen_id",))
+                   if not _text(meta.get(k))]
+        if missing:
+            self.fail(f"{axis} {gen_id!r}: {path} lacks {', '.join(missing)}")
+        return meta
+
+    def pin(self, stage, gen_id, meta, combo_id):
+        """Add an existing generation under its own id (it is reused as it is, never regenerated)."""
+        rep = meta.get("replicate")
+        try:
+            rep = ids.replicate(1 if rep in (None, "") else rep, f"{stage} {gen_id} replicate")
+        except PipelineError as exc:
+            self.fail(str(exc))
+        self.pinned.add((stage, gen_id))
+        self.held.setdefault((stage, gen_id), self._on_disk(stage, gen_id))
+        self.tables[stage].setdefault(gen_id, {
+            "stage": stage, "gen_id": gen_id, "origin_cohort_id": self.cohort_id,
+            "parent_gen_id": "" if stage == "draft" else meta["parent_gen_id"], "combo_id": combo_id,
+            "template_id": meta["template_id"], "llm_model_id": meta["llm_model_id"], "replicate": rep})
+
+    # -- checks against the catalog ----------------------------------------------------------------
+    def check_template(self, stage, template_id):
+        if template_id not in self.catalog.templates[stage]:
+            self.fail(f"{stage}_template {template_id!r} is not in {stage}_templates.csv")
+        return self.catalog.templates[stage][template_id]
+
+    def check_llm(self, stage, llm_id, template):
+        if llm_id is None:
+            self.fail(f"{stage}_template {template.template_id!r} needs a {stage}_llm axis"
+                      + (f" ({NO_ESSAY_LLM!r} for a copy template)" if stage == "essay" else ""))
+        if stage == "essay" and template.generator == "copy" and llm_id == NO_ESSAY_LLM:
+            return
+        if llm_id not in self.catalog.models:
+            self.fail(f"{stage}_llm {llm_id!r} is not in llm_models.csv")
+
+
+def _replicate(builder, fields, name):
     try:
-        rep = int(value)
-        assert rep >= 1
-    except (ValueError, AssertionError):
-        raise SpecError(f"{spec_path}: {axis} level {value!r} must be a positive integer") from None
-    return [rep]
+        return ids.replicate(fields[name] or 1, fields.get("_keys", {}).get(name, name))
+    except PipelineError as exc:
+        builder.fail(str(exc))
 
 
-def _stage_levels(spec_path, catalog, row, stage):
-    """(template, model, replicates) of ``stage`` in one spec row; None if the spec stops before it."""
-    template_id = row.get(f"{stage}_template")
-    if not template_id:
-        return None
-    _check_level(spec_path, f"{stage}_template", template_id, catalog.templates[stage], f"{stage}_templates.csv")
-    llm_id = row.get(f"{stage}_llm")
-    if catalog.templates[stage][template_id].generator == "copy":
-        # a copy makes no call: it takes the draft's model so its id doesn't multiply per essay_llm
-        llm_id = row["draft_llm"]
-    if not llm_id:
-        raise SpecError(f"{spec_path}: {stage}_template {template_id!r} needs a {stage}_llm axis")
-    _check_level(spec_path, f"{stage}_llm", llm_id, catalog.models, "llm_models.csv")
-    return template_id, llm_id, _replicates(row, f"{stage}_template_replicate", catalog.replicates[stage], spec_path)
+def _draft(builder, fields, combos):
+    """The row's draft: (gen_id, combo_id), reading an existing draft's metadata when pinned."""
+    if fields["essay_gen_id"] or fields["draft_gen_id"]:
+        axis = "essay_gen_id" if fields["essay_gen_id"] else "draft_gen_id"
+        given = [f for f in PINNED_FIELDS[axis] if fields[f]]
+        if given:
+            builder.fail(f"{axis} takes {', '.join(PINNED_FIELDS[axis])} from the existing generation; "
+                         f"remove the {given[0]} axis")
+        if axis == "essay_gen_id":
+            essay = builder.existing("essay", fields["essay_gen_id"], axis)
+            draft_id = essay["parent_gen_id"]
+        else:
+            essay, draft_id = None, fields["draft_gen_id"]
+        draft = builder.existing("draft", draft_id, axis if essay is None else f"draft of essay_gen_id {fields['essay_gen_id']}")
+        combo = draft["combo_id"]
+        builder.pin("draft", draft_id, draft, combo)
+        if essay is not None:
+            builder.pin("essay", fields["essay_gen_id"], essay, combo)
+        return draft_id, combo
+    missing = [f for f in ("combo_id", "draft_template", "draft_llm") if not fields[f]]
+    if missing:
+        builder.fail(f"every cohort row needs combo_id (or a concepts: block), draft_template and draft_llm "
+                     f"(or essay_gen_id / draft_gen_id of existing generations); missing {', '.join(missing)}")
+    combo = fields["combo_id"]
+    if combo not in combos["known"]:
+        builder.fail(f"combo_id {combo!r} is not in {builder.paths.combo_mappings_csv}; generate it with a "
+                     f"concepts: block first")
+    combos["used"][combo] = combos["known"][combo]
+    template = builder.check_template("draft", fields["draft_template"])
+    builder.check_llm("draft", fields["draft_llm"], template)
+    gen_id = builder.add("draft", combo, fields["draft_template"], fields["draft_llm"],
+                         _replicate(builder, fields, "draft_replicate"), combo)
+    return gen_id, combo
+
+
+def _stage(builder, fields, stage, parent, combo):
+    template = builder.check_template(stage, fields[f"{stage}_template"])
+    builder.check_llm(stage, fields[f"{stage}_llm"], template)
+    return builder.add(stage, parent, template.template_id, fields[f"{stage}_llm"],
+                       _replicate(builder, fields, f"{stage}_replicate"), combo)
+
+
+def _fold(builder, compiled_rows, rule_names, combos):
+    for row in compiled_rows:
+        try:
+            fields = row_fields(row, rule_names)
+        except PipelineError as exc:
+            builder.fail(str(exc))
+        draft_id, combo = _draft(builder, fields, combos)
+        essay_id = fields["essay_gen_id"]
+        if essay_id is None and fields["essay_template"]:
+            essay_id = _stage(builder, fields, "essay", draft_id, combo)
+        if fields["evaluation_template"]:
+            if essay_id is None:
+                builder.fail("evaluation_template needs essays: add essay_template and essay_llm (or essay_gen_id)")
+            _stage(builder, fields, "evaluation", essay_id, combo)
+
+
+def _rule_names(doc) -> set:
+    """Names of the spec's ties, pairs and tuples: columns a compiled row may carry besides fields."""
+    rules = doc.get("rules") if isinstance(doc.get("rules"), dict) else {}
+    return {name for kind in ("ties", "pairs", "tuples") if isinstance(rules.get(kind), dict) for name in rules[kind]}
 
 
 def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
-    check_id(cohort_id, "cohort id")
+    check_id(cohort_id, "cohort id", error=SpecError)
     spec_path = paths.spec_file(cohort_id)
     if not spec_path.exists():
-        known = sorted(p.parent.name for p in paths.cohorts_root.glob("*/spec.yaml"))
-        raise SpecError(f"unknown cohort {cohort_id!r}: {spec_path} does not exist"
+        if paths.membership_csv(cohort_id).exists():
+            return listed_cohort(paths, cohort_id, catalog)
+        known = paths.known_cohorts()
+        raise SpecError(f"unknown cohort {cohort_id!r}: no spec at {', '.join(map(str, paths.spec_files(cohort_id)))}"
                         + (f" (known cohorts: {', '.join(known)})" if known else ""))
     doc = load_spec(spec_path)
     new_combos, extra = {}, None
     if doc.get("concepts") is not None:
         new_combos = _concept_combos(spec_path, doc["concepts"], catalog)
         extra = {"combo_id": list(new_combos)}
-    compiled = compile_spec(spec_path, allowed_axes=AXES, extra_axes=extra)
-    mappings = read_mappings(paths.combo_mappings_csv)
-    combos = {}
+    compiled = compile_spec(spec_path, allowed_axes=None, extra_axes=extra)
+    combos = {"known": {**read_mappings(paths.combo_mappings_csv), **new_combos}, "used": {}}
+    builder = _Builder(paths, catalog, cohort_id, spec_path)
+    _fold(builder, compiled.rows, _rule_names(doc), combos)
+    if not builder.tables["draft"]:
+        builder.fail("the spec compiles to no generations")
 
-    tables = {stage: {} for stage in STAGES}
-    for row in compiled.rows:
-        cid = row.get("combo_id")
-        if not cid or not row.get("draft_template") or not row.get("draft_llm"):
-            raise SpecError(f"{spec_path}: every cohort needs combo_id (or a concepts: block), draft_template and draft_llm axes")
-        if cid not in combos:
-            info = new_combos.get(cid) or mappings.get(cid)
-            if info is None:
-                raise SpecError(f"{spec_path}: combo_id {cid!r} is not in {paths.combo_mappings_csv}; "
-                                f"generate it with a concepts: block first")
-            for concept in info["concepts"]:
-                if concept not in catalog.concepts:
-                    raise SpecError(f"{spec_path}: combo {cid} uses concept {concept!r}, missing from the catalog")
-            combos[cid] = info
-        parents = [cid]  # drafts hang off the combo, essays off drafts, evaluations off essays
-        for stage in STAGES:
-            levels = _stage_levels(spec_path, catalog, row, stage)
-            if levels is None:
-                break
-            template_id, llm_id, replicates = levels
-            children = []
-            for parent in parents:
-                for rep in replicates:
-                    gid = ids.gen_id(stage, parent, template_id, llm_id, rep)
-                    tables[stage][gid] = {"stage": stage, "gen_id": gid,
-                                          "parent_gen_id": "" if stage == "draft" else parent, "combo_id": cid,
-                                          "template_id": template_id, "llm_model_id": llm_id, "replicate": rep}
-                    children.append(gid)
-            parents = children
-    if not tables["draft"]:
-        raise SpecError(f"{spec_path}: the spec compiles to no generations")
-
-    used = {(r["stage"], r["template_id"]) for table in tables.values() for r in table.values()}
-    for stage, tid in sorted(used):
-        catalog.check_template_variables(stage, tid)
-    for info in combos.values():
+    for combo_id, info in combos["used"].items():
         for concept in info["concepts"]:
+            if concept not in catalog.concepts:
+                builder.fail(f"combo {combo_id} uses concept {concept!r}, missing from the catalog")
             catalog.concept_text(concept, info["description_level"])
-
-    rows = [table[k] for table in tables.values() for k in sorted(table)]
+    rows = [row for table in builder.tables.values() for row in table.values()]
+    made = [r for r in rows if (r["stage"], r["gen_id"]) not in builder.pinned]
+    for stage, tid in sorted({(r["stage"], r["template_id"]) for r in made}):
+        catalog.check_template_variables(stage, tid)
     manifest = {
         "cohort_id": cohort_id,
         "spec_hash": spec_folder_hash(spec_path),
         "catalog_hash": catalog.hash,
         "axes": compiled.axes,
-        "counts": {stage: len(table) for stage, table in tables.items()},
+        "counts": {stage: len(table) for stage, table in builder.tables.items()},
         "combos": {cid: {"concepts": list(info["concepts"]), "description_level": info["description_level"],
-                         "k_max": info["k_max"]} for cid, info in sorted(combos.items())},
+                         "k_max": info["k_max"]} for cid, info in sorted(combos["used"].items())},
     }
-    return Cohort(cohort_id, spec_path, rows, combos, new_combos, manifest)
+    return Cohort(cohort_id, spec_path, rows, combos["used"], new_combos, manifest, _modes(catalog))
+
+
+def _modes(catalog) -> dict:
+    return {(stage, tid): t.generator for stage in STAGES for tid, t in catalog.templates[stage].items()}
+
+
+def listed_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
+    """A cohort with no spec, taken as its membership.csv lists it (e.g. the original's
+    build_cohort_from_list.py output): nothing is recompiled, missing metadata keys are seeded."""
+    rows = read_membership(paths.membership_csv(cohort_id))
+    cohort = Cohort(cohort_id, None, rows, {}, {}, {}, _modes(catalog))
+    cohort.manifest = {"cohort_id": cohort_id, "source": "membership.csv (no spec)", "spec_hash": None,
+                       "catalog_hash": catalog.hash, "counts": cohort.counts,
+                       "membership_sha256": hashlib.sha256(cohort.membership_csv().encode("utf-8")).hexdigest()}
+    return cohort
 
 
 def spec_folder_hash(spec_path) -> str:
@@ -186,22 +400,52 @@ def spec_folder_hash(spec_path) -> str:
     return digest.hexdigest()[:16]
 
 
-def read_membership(path) -> list:
-    """Membership rows from a membership.csv, with clear errors for hand edits gone wrong."""
+def _slim_lineage(path, line, row, gens_root, rows_by_id):
+    """Lineage of a slim membership row, from the generation's metadata.json."""
+    meta_path = gens_root / row["stage"] / row["gen_id"] / "metadata.json"
+    if not meta_path.exists():
+        raise SpecError(f"{path}:{line}: {row['stage']} {row['gen_id']} has no {meta_path}; a membership of "
+                        f"stage,gen_id only takes lineage from existing generations")
+    try:
+        meta = read_json(meta_path)
+    except StoreError as exc:
+        raise SpecError(f"{path}:{line}: {exc}") from None
+    parent = _text(meta.get("parent_gen_id")) or ""
+    combo = _text(meta.get("combo_id")) or (rows_by_id.get(parent) or {}).get("combo_id") or ""
+    rep = meta.get("replicate")
+    return {"parent_gen_id": "" if row["stage"] == "draft" else parent, "combo_id": combo,
+            "template_id": _text(meta.get("template_id")) or "", "llm_model_id": _text(meta.get("llm_model_id")) or "",
+            "replicate": 1 if rep in (None, "") else rep}
+
+
+def read_membership(path, gens_root=None) -> list:
+    """Membership rows (MEMBERSHIP_FIELDS) from a membership.csv, with clear errors for hand edits gone wrong.
+
+    Reads the 8-column form, the 7-column form of earlier versions (origin_cohort_id = this cohort),
+    and the original's slim ``stage,gen_id`` form, whose lineage comes from each generation's
+    metadata.json under ``gens_root`` (default: <data_root>/gens, as the file sits in
+    <data_root>/cohorts/<id>/)."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no membership; run BuildCohort (or RunCohort) for this cohort first")
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
-        if reader.fieldnames != MEMBERSHIP_FIELDS:
-            raise SpecError(f"{path}: header must be {','.join(MEMBERSHIP_FIELDS)}")
+        header = reader.fieldnames
+        if header not in (MEMBERSHIP_FIELDS, LEGACY_FIELDS, SLIM_FIELDS):
+            raise SpecError(f"{path}: header must be {','.join(MEMBERSHIP_FIELDS)} (or {','.join(SLIM_FIELDS)}, "
+                            f"or {','.join(LEGACY_FIELDS)})")
         rows = list(reader)
-    known = {r["gen_id"] for r in rows}
+    gens_root = Path(gens_root) if gens_root else path.parents[2] / "gens"
+    by_id, listed = {}, {r["gen_id"] for r in rows}
     for line, row in enumerate(rows, start=2):
         if row["stage"] not in STAGES:
             raise SpecError(f"{path}:{line}: unknown stage {row['stage']!r}")
-        check_id(row["gen_id"], "generation id", f"{path}:{line}")
-        if row["stage"] != "draft" and row["parent_gen_id"] not in known:
+        check_id(row["gen_id"], "generation id", f"{path}:{line}", error=SpecError)
+        if header == SLIM_FIELDS:
+            row.update(_slim_lineage(path, line, row, gens_root, by_id))
+        row.setdefault("origin_cohort_id", path.parent.name)
+        if row["stage"] != "draft" and row["parent_gen_id"] not in listed:
             raise SpecError(f"{path}:{line}: {row['gen_id']} references parent {row['parent_gen_id']!r}, "
                             f"which is not in this membership; rebuild the cohort instead of editing the file")
-    return rows
+        by_id[row["gen_id"]] = row
+    return [{k: row[k] for k in MEMBERSHIP_FIELDS} for row in rows]

@@ -78,8 +78,25 @@ class Paths:
         return self.raw_root / "replication_config.csv"
 
     # cohorts
+    def spec_files(self, cohort_id):
+        """Where a cohort's spec may live, first found wins: this project's spec.yaml, then the
+        original's spec/config.yaml (beside the spec.yaml, or under data/cohorts/<id>/)."""
+        cid = check_id(cohort_id, "cohort id")
+        return [self.cohorts_root / cid / "spec.yaml", self.cohorts_root / cid / "spec" / "config.yaml",
+                self.cohort_dir(cid) / "spec" / "config.yaml"]
+
     def spec_file(self, cohort_id):
-        return self.cohorts_root / check_id(cohort_id, "cohort id") / "spec.yaml"
+        """The cohort's spec (see spec_files); the first location when there is none yet."""
+        candidates = self.spec_files(cohort_id)
+        return next((p for p in candidates if p.is_file()), candidates[0])
+
+    def known_cohorts(self):
+        """Ids of the cohorts with a spec in any spec location."""
+        found = set()
+        for root, pattern in ((self.cohorts_root, "*/spec.yaml"), (self.cohorts_root, "*/spec/config.yaml"),
+                              (self.data_root / "cohorts", "*/spec/config.yaml")):
+            found.update(p.relative_to(root).parts[0] for p in root.glob(pattern))
+        return sorted(found)
 
     def cohort_dir(self, cohort_id):
         return self.data_root / "cohorts" / check_id(cohort_id, "cohort id")

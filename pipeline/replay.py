@@ -32,7 +32,10 @@ COLUMNS = {
                            "llm_model_id", "replicate", "status", "finish_reason", "prompt_tokens",
                            "completion_tokens", "cost", "duration_s", "completed_at", "cohort_ids",
                            "error"),
-    "evaluation_results": EVAL_LINEAGE + ("score", "status", "error", "cohort_ids"),
+    # the last three feed the original's tables (pipeline.original_tables): the cohort of the
+    # evaluation's and of its essay's first generation_completed, and copy/prompt
+    "evaluation_results": EVAL_LINEAGE + ("score", "status", "error", "cohort_ids", "origin_cohort_id",
+                                          "input_mode", "essay_origin_cohort_id"),
     "scores_long": EVAL_LINEAGE + ("score", "scale", "parser"),
     "llm_calls": ("ts", "stage", "gen_id", "llm_model_id", "attempt", "outcome", "status",
                   "error_class", "will_retry", "prompt_tokens", "completion_tokens", "cost",
@@ -66,13 +69,14 @@ class ReplayStats:
 class _Gen:
     """Latest known state of one generation while folding."""
     __slots__ = ("stage", "status_key", "status", "lineage", "done_key", "done", "reused_ts",
-                 "parse_key", "parse", "error", "cohorts")
+                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin")
 
     def __init__(self, stage):
         self.stage = stage
         self.status_key = self.done_key = self.parse_key = _NO_KEY
         self.status = self.lineage = self.done = self.reused_ts = self.parse = self.error = None
         self.cohorts = set()
+        self.origin_key = self.origin = None   # the first generation_completed: creator cohort
 
 
 def fold(pairs) -> dict:
@@ -113,7 +117,9 @@ def fold(pairs) -> dict:
                     g.done_key = key
                     g.done = (get("finish_reason"), get("prompt_tokens"),
                               get("completion_tokens"), get("cost"), get("duration_s"),
-                              ev["ts"])
+                              ev["ts"], bool(get("copy")))
+                if g.origin_key is None or key < g.origin_key:
+                    g.origin_key, g.origin = key, cohort_id
                 if not get("copy") and get("source", "run") == "run":
                     calls.append((ev["ts"], ev["event_id"], (
                         ev["ts"], get("stage"), gen_id, get("llm_model_id"),
@@ -150,7 +156,10 @@ def fold(pairs) -> dict:
         if lin[0] == "evaluation":
             row = _eval_lineage(gen_id, lin, lineage)
             parse = g.parse or (None, None, None)
-            evaluations.append(row + (parse[0], status, error, cohort_ids))
+            essay = gens.get(row[1])
+            evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
+                                      None if g.done is None else ("copy" if g.done[6] else "prompt"),
+                                      essay.origin if essay is not None else None))
             if parse[0] is not None:
                 scores.append(row + parse)
         elif lin[0] == "draft" or lin[0] == "essay":
@@ -324,7 +333,10 @@ def load_tables(tables_dir) -> dict:
 
 
 def replay_main(argv=None) -> int:
-    """CLI: ``python -m pipeline.replay [--data-root data] [--tables-dir DIR] [--skip-bad]``."""
+    """CLI: ``python -m pipeline.replay [--data-root data] [--tables-dir DIR] [--skip-bad]``; also
+    writes the original's cross-experiment tables to <data-root>/7_cross_experiment/."""
+    from .original_tables import write_cross_experiment_tables  # imports pandas: only here
+
     parser = argparse.ArgumentParser(prog="replay", description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path("data"),
                         help="reads <data-root>/events (default: data)")
@@ -336,6 +348,7 @@ def replay_main(argv=None) -> int:
     tables_dir = args.tables_dir or args.data_root / "tables"
     try:
         stats = replay(args.data_root / "events", tables_dir, skip_bad=args.skip_bad)
+        write_cross_experiment_tables(args.data_root, tables_dir)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

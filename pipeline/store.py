@@ -23,49 +23,88 @@ def file_sha256(path) -> str:
 
 
 def cohort_is_current(paths, cohort_id, catalog) -> bool:
-    """True when membership.csv reflects the current spec folder and catalog (nothing to rebuild)."""
+    """True when membership.csv reflects the current spec folder and catalog (nothing to rebuild).
+
+    A cohort without a spec is its membership.csv: current once that file was adopted as it is."""
     manifest = paths.manifest_json(cohort_id)
     spec = paths.spec_file(cohort_id)
-    if not (manifest.exists() and paths.membership_csv(cohort_id).exists() and spec.exists()):
+    membership = paths.membership_csv(cohort_id)
+    if not (manifest.exists() and membership.exists()):
         return False
     try:
         doc = read_json(manifest)
     except StoreError:
         return False
+    if not spec.exists():
+        return doc.get("spec_hash") is None and doc.get("membership_sha256") == file_sha256(membership)
     return doc.get("spec_hash") == spec_folder_hash(spec) and doc.get("catalog_hash") == catalog.hash
 
 
 def _seed(cohort, row):
+    """Metadata a cohort build gives a generation: this project's lineage fields and the original's
+    (origin_cohort_id = the cohort that first listed it, mode = the template's generator)."""
     seed = {k: row[k] for k in MEMBERSHIP_FIELDS}
-    if row["stage"] == "draft":
-        combo = cohort.combos[row["combo_id"]]
+    seed["mode"] = cohort.modes.get((row["stage"], row["template_id"]), "llm")
+    combo = cohort.combos.get(row["combo_id"]) if row["stage"] == "draft" else None
+    if combo:
         seed.update(concept_ids=list(combo["concepts"]), description_level=combo["description_level"],
                     k_max=combo["k_max"])
     return seed
 
 
+def _clash(meta, seed):
+    """The first lineage field where existing metadata names another generation than ``seed``.
+
+    Compared as the ids compare them (text stripped and lower-cased, replicate as an int, a missing
+    key agrees with anything); the model of a copy-mode essay is not compared (none is called)."""
+    keys = ["stage", "gen_id", "parent_gen_id", "combo_id", "template_id", "replicate"]
+    if "copy" not in (meta.get("mode"), seed.get("mode")):
+        keys.append("llm_model_id")
+    for key in keys:
+        if meta.get(key) in (None, "") or seed.get(key) in (None, ""):
+            continue
+        old, new = meta[key], seed[key]
+        same = _as_int(old) == _as_int(new) if key == "replicate" else \
+            str(old).strip().lower() == str(new).strip().lower()
+        if not same:
+            return key
+    return None
+
+
+def _as_int(value):
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        return value
+
+
 def write_cohort(paths, cohort, events) -> bool:
     """Write membership, manifest and metadata seeds; emit cohort_built when membership changed.
 
-    Rebuilding an unchanged cohort changes nothing on disk."""
+    Existing metadata keeps every key it has (only missing keys are added). Rebuilding an
+    unchanged cohort changes nothing on disk."""
     for level_k, combos in _group_new_combos(cohort.new_combos).items():
         record_combos(paths.combo_mappings_csv, combos, *level_k)
+    updates = []  # checked in full before anything is written
     for row in cohort.rows:
         meta_path = paths.gen_dir(row["stage"], row["gen_id"]) / "metadata.json"
         seed = _seed(cohort, row)
         meta = read_json(meta_path) if meta_path.exists() else {}
-        for key, value in seed.items():
-            if key in meta and str(meta[key]) != str(value):
-                raise StoreError(f"{meta_path}: {key} is {meta[key]!r} but cohort {cohort.cohort_id} derives "
-                                 f"{value!r} for the same id; the store is inconsistent, investigate before rerunning")
+        key = _clash(meta, seed)
+        if key:
+            raise StoreError(f"{meta_path}: {key} is {meta[key]!r} but cohort {cohort.cohort_id} derives "
+                             f"{seed[key]!r} for the same id; the store is inconsistent, investigate before rerunning")
         origins = meta.get("origin_cohort_ids", [])
-        if meta and cohort.cohort_id in origins:
-            continue
-        meta = {**seed, **meta, "origin_cohort_ids": sorted(set(origins) | {cohort.cohort_id})}
-        write_json_atomic(meta_path, meta, fsync=False)
+        merged = {**seed, **meta, "origin_cohort_ids": sorted(set(origins) | {cohort.cohort_id})}
+        if merged != meta:
+            updates.append((meta_path, merged))
+    for meta_path, merged in updates:
+        write_json_atomic(meta_path, merged, fsync=False)
     changed = write_if_changed(paths.membership_csv(cohort.cohort_id), cohort.membership_csv())
-    write_if_changed(paths.manifest_json(cohort.cohort_id),
-                     __import__("json").dumps(cohort.manifest, indent=2, sort_keys=True) + "\n")
+    adopted = write_if_changed(paths.manifest_json(cohort.cohort_id),
+                               __import__("json").dumps(cohort.manifest, indent=2, sort_keys=True) + "\n")
+    # a membership adopted as it is (no spec) may be unchanged on disk yet new to the event log
+    changed = changed or (cohort.spec_path is None and adopted)
     if changed:
         events.emit("cohort_built", cohort_id=cohort.cohort_id, stage=None, gen_id=None,
                     spec_hash=cohort.manifest["spec_hash"], catalog_hash=cohort.manifest["catalog_hash"],

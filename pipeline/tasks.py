@@ -185,12 +185,14 @@ class ReplayResults(luigi.Task):
             open(target.path, encoding="utf-8").read().strip() == self.log_state
 
     def run(self):
+        from .original_tables import write_cross_experiment_tables
         from .replay import replay
 
         paths = config_paths()
         state = self.log_state or store.log_state(paths)
         remove_stale_tmp(paths.tables_dir)
         stats = replay(paths.events_dir, paths.tables_dir)
+        write_cross_experiment_tables(paths.data_root, paths.tables_dir)
         write_text_atomic(self.output().path, state + "\n")
         self.set_status_message(str(stats))
 
@@ -214,12 +216,14 @@ class CohortReport(luigi.Task):
 
     def run(self):
         from .html_report import write_cohort_html
+        from .original_tables import write_cohort_tables
         from .reports import write_cohort_report
 
         paths = config_paths()
         for folder in (paths.reports_dir(self.cohort_id), paths.results_dir(self.cohort_id)):
             remove_stale_tmp(folder)
         write_cohort_report(paths, self.cohort_id)
+        write_cohort_tables(paths, self.cohort_id)
         write_cohort_html(paths, self.cohort_id)
         write_text_atomic(paths.reports_dir(self.cohort_id) / "_state.txt", self.log_state + "\n")
 

@@ -182,7 +182,7 @@ def test_membership_edited_to_a_missing_parent(project, stub):
     lines = membership.read_text(encoding="utf-8").splitlines()
     line = next(i for i, text in enumerate(lines, 1) if text.startswith("essay,"))
     fields = lines[line - 1].split(",")
-    fields[2] = "d_doesnotexist"
+    fields[lines[0].split(",").index("parent_gen_id")] = "d_doesnotexist"
     lines[line - 1] = ",".join(fields)
     membership.write_text("\n".join(lines) + "\n", encoding="utf-8")
 

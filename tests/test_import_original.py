@@ -158,7 +158,6 @@ def test_unscorable_evaluation_is_imported_with_a_warning(project, src_copy):
     assert len(scored) == 31 and gid not in scored
 
 
-@pytest.mark.xfail(strict=False, reason="needs spec+ids branches (original spec dialect, ids, spec location)")
 def test_running_an_imported_cohort_buys_nothing(project, stub):
     assert import_into(project).returncode == 0
     run = run_luigi(project, "RunCohort", "--cohort-id", "orig-pilot", base_url=stub.base_url)

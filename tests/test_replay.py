@@ -112,8 +112,11 @@ def test_every_event_type_folds_into_the_expected_rows(tmp_path):
         "gen_id": "v1", "essay_gen_id": "e1", "draft_gen_id": "d1", "combo_id": "combo1",
         "draft_template": "tD", "draft_llm": "llmA", "essay_template": "tE", "essay_llm": "llmB",
         "evaluation_template": "tV", "evaluation_llm": "llmC", "replicate": "1", "score": "7.0",
-        "status": "done", "error": "", "cohort_ids": "c1"}
+        "status": "done", "error": "", "cohort_ids": "c1", "origin_cohort_id": "c1", "input_mode": "prompt",
+        "essay_origin_cohort_id": "c1"}
     assert (evals["v2"]["score"], evals["v2"]["status"]) == ("5.5", "done")
+    # reused, never completed in this log: no creator cohort, no input mode
+    assert (evals["v2"]["origin_cohort_id"], evals["v2"]["input_mode"]) == ("", "")
     assert (evals["v3"]["status"], evals["v3"]["score"], evals["v3"]["draft_gen_id"]) == ("pending", "", "d1")
     assert (evals["v4"]["status"], evals["v4"]["score"], evals["v4"]["error"]) == (
         "failed", "", "ParseError: no score")

@@ -70,6 +70,7 @@ def build(root):
     paths = Paths(data_root=root / "data", raw_root=root / "raw", cohorts_root=root / "cohorts")
     log = EventLog(paths.events_dir)
     for cohort, members in COHORTS.items():
+        members = [{**m, "origin_cohort_id": cohort} for m in members]
         log.emit("cohort_built", cohort_id=cohort, member_fields=MEMBERSHIP_FIELDS,
                  members=[[m[f] for f in MEMBERSHIP_FIELDS] for m in members])
         path = paths.membership_csv(cohort)
