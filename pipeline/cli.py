@@ -6,7 +6,7 @@
     daydream replay                 # rebuild data/tables from the event log
     daydream rebuild-log            # backfill events for generations made without them
     daydream import-original SRC    # bring in a data folder written by the original
-    daydream compare A B            # templates and models across cohorts
+    daydream compare A B [--html F] # templates and models across cohorts (F: an HTML page with plots)
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
     daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
     daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
