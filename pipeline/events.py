@@ -13,6 +13,7 @@ Layout: ``<events_dir>/<YYYY-MM-DD>/<host>-<pid>-<start_ts_compact>-<random4>.js
 """
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -33,6 +34,66 @@ EVENT_TYPES = frozenset({
     "generation_reused", "parse_failed", "score_parsed", "generation_failed",
 })
 _ENVELOPE = ("event_id", "schema", "ts", "type")
+
+
+# --- payload schemas: what replay relies on in each event type (checked when reading) ---------
+
+def _text(v):
+    return type(v) is str
+
+
+def _int(v):
+    return type(v) is int
+
+
+def _int_like(v):  # replicates: 2, or "2" from a CSV
+    return type(v) is int or (type(v) is str and v.strip().isdigit())
+
+
+def _number(v):  # finite: NaN or Infinity would enter the tables as if they were scores
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _flag(v):
+    return type(v) is bool
+
+
+def _counts(v):
+    return type(v) is dict and all(_int(n) for n in v.values())
+
+
+def _texts(v):
+    return type(v) is list and all(_text(x) for x in v)
+
+
+def _rows(v):
+    return type(v) is list and all(type(row) is list and all(x is None or type(x) in (str, int, float)
+                                                            for x in row) for row in v)
+
+
+_EXPECTED = {_text: "a string", _int: "an integer", _int_like: "an integer", _number: "a finite number",
+             _flag: "true or false", _counts: "an object of integer counts", _texts: "a list of strings",
+             _rows: "a list of lists of values"}
+_LINEAGE = {"cohort_id": _text, "stage": _text, "parent_gen_id": _text, "combo_id": _text,
+            "template_id": _text, "llm_model_id": _text, "replicate": _int_like}
+# type -> {field: check}; a field listed in _REQUIRED must be present, any other may be absent or null
+PAYLOADS = {
+    "cohort_built": {"cohort_id": _text, "spec_hash": _text, "catalog_hash": _text, "counts": _counts,
+                     "member_fields": _texts, "members": _rows},
+    "generation_started": _LINEAGE,
+    "generation_reused": {**_LINEAGE, "raw_path": _text, "parsed_path": _text, "raw_sha256": _text},
+    "generation_completed": {**_LINEAGE, "raw_path": _text, "parsed_path": _text, "raw_sha256": _text,
+                             "source": _text, "copy": _flag, "duration_s": _number, "provider_model": _text,
+                             "finish_reason": _text, "prompt_tokens": _int, "completion_tokens": _int,
+                             "total_tokens": _int, "cost": _number, "attempts": _int},
+    "generation_failed": {**_LINEAGE, "error_class": _text, "error": _text},
+    "llm_call_failed": {"cohort_id": _text, "stage": _text, "llm_model_id": _text, "attempt": _int,
+                        "status": _int, "error_class": _text, "message": _text, "will_retry": _flag,
+                        "delay_s": _number},
+    "parse_failed": {"cohort_id": _text, "stage": _text, "parser": _text, "reason": _text},
+    "score_parsed": {"cohort_id": _text, "stage": _text, "score": _number, "scale": _text, "parser": _text},
+}
+_REQUIRED = {"score_parsed": ("score",), "cohort_built": ("member_fields", "members")}
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +150,32 @@ class EventLog:
             except (TypeError, ValueError) as exc:
                 raise EventLogError(f"{type} event for gen_id={event['gen_id']!r} is not "
                                     f"JSON-serialisable: {exc}") from exc
-            # One write per line; a short write (rare: signal, full disk) is completed so the
-            # line stays whole - this process is the segment's only writer.
-            try:
-                written = os.write(self._fd, data)
-                while written < len(data):
-                    written += os.write(self._fd, data[written:])
-            except OSError as exc:
-                raise EventLogError(f"{self.path}: cannot append an event ({exc.strerror}); free disk "
-                                    "space or fix permissions, then rerun") from None
+            self._append(data)
         return event
+
+    def _append(self, data):
+        # One write per line. After a short or failed write the segment ends in a fragment: it is
+        # closed for good (replay skips a torn last line) and the line goes whole into a new one,
+        # so no later event of this process is ever glued to the fragment.
+        for retry in (False, True):
+            try:
+                if os.write(self._fd, data) == len(data):
+                    return
+                problem = "short write"
+            except OSError as exc:
+                problem = exc.strerror
+            failed = self.path
+            os.close(self._fd)
+            self._fd = None
+            if retry:
+                break
+            try:
+                self._open_segment()
+            except OSError as exc:
+                problem = exc.strerror
+                break
+        raise EventLogError(f"{failed}: cannot append an event ({problem}); free disk space or fix "
+                            "permissions, then rerun")
 
     def fsync(self):
         """Force this process's events to disk (call at task end)."""
@@ -224,6 +301,11 @@ def scan_events(events_dir, skip_bad=False, stats=None):
                 ok, problem = False, "not a JSON object"
             else:
                 problem = None if ok else _problem(event)
+                if problem is None:
+                    if event["schema"] > SCHEMA_VERSION:
+                        raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
+                                            f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
+                    problem = payload_problem(event)
             if problem:
                 where = f"{path}:{line_no}"
                 if not skip_bad:
@@ -231,9 +313,6 @@ def scan_events(events_dir, skip_bad=False, stats=None):
                                         "line, or replay with --skip-bad to skip and count it")
                 stats.bad.append(f"{where}: {problem}")
                 continue
-            if event["schema"] > SCHEMA_VERSION:
-                raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
-                                    f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
             event_id = event["event_id"]
             if event_id in seen:
                 stats.duplicates += 1
@@ -268,6 +347,22 @@ def _problem(event):
     if event["type"] in EVENT_TYPES and event["type"] != "cohort_built":
         if type(event.get("gen_id")) is not str:
             return f"{event['type']} without a gen_id"
+    return None
+
+
+def payload_problem(event):
+    """What is wrong with ``event``'s fields for its type (see PAYLOADS), or None."""
+    rules = PAYLOADS.get(event["type"])
+    if rules is None:
+        return None  # unknown types are kept and counted, never folded
+    for key in _REQUIRED.get(event["type"], ()):
+        if event.get(key) is None:
+            return f"{event['type']} without {key!r}"
+    get = event.get
+    for key, check in rules.items():
+        value = get(key)
+        if value is not None and not check(value):
+            return f"{event['type']}: {key} is {json.dumps(value)[:60]}, expected {_EXPECTED[check]}"
     return None
 
 
