@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .errors import LLMError
@@ -274,13 +275,22 @@ class OpenAIClient:
 
 
 def _read_body(resp, deadline) -> "bytes | None":
-    """The whole body, or None if ``deadline`` (monotonic) passed before its last byte."""
+    """The whole body, or None if ``deadline`` (monotonic) passed before its last byte.
+
+    read1 returns whatever one socket read brings (iter_content would wait for a full chunk)."""
     chunks = []
-    for chunk in resp.iter_content(_CHUNK):
+    while True:
+        try:
+            chunk = resp.raw.read1(_CHUNK, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.ReadTimeout(str(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(str(exc)) from None
+        if not chunk:
+            return b"".join(chunks)
         chunks.append(chunk)
         if deadline is not None and time.monotonic() >= deadline:
             return None
-    return b"".join(chunks)
 
 
 def _clean_key(key, key_name):
