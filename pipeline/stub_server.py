@@ -27,7 +27,7 @@ from pathlib import Path
 
 _STATUS_FAULTS = {"429", "429-ra0", "429-nora", "500", "502", "503", "400", "401", "402", "404"}
 _BODY_FAULTS = {"timeout", "drop", "badjson", "empty_choices", "length", "error200", "finish_error",
-                "empty_content", "null_content", "non_utf8", "trickle", "500-echo-escaped"}
+                "empty_content", "null_content", "non_utf8", "trickle", "500-echo-escaped", "blank_content"}
 FAULTS = frozenset(_STATUS_FAULTS | _BODY_FAULTS)
 
 _WORDS = ("lantern", "orchard", "circuit", "harbor", "mosaic", "signal", "meadow", "archive",
@@ -264,6 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             finish, content = {"length": ("length", text), "finish_error": ("error", text[:20]),
                                "empty_content": ("stop", ""), "null_content": ("stop", None),
+                               "blank_content": ("stop", " \n\n  "),
                                None: ("stop", text)}[fault]
             self._send_json(200, _completion(index, model, prompt, content, finish))
 
