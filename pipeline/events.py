@@ -38,60 +38,58 @@ _ENVELOPE = ("event_id", "schema", "ts", "type")
 
 # --- payload schemas: what replay relies on in each event type (checked when reading) ---------
 
-def _text(v):
-    return type(v) is str
+@dataclass(frozen=True)
+class _Check:
+    """A field's allowed JSON types, an extra test of the value (or None) and how to say it."""
+    kinds: frozenset
+    test: object
+    expected: str
 
 
-def _int(v):
-    return type(v) is int
-
-
-def _int_like(v):  # replicates: 2, or "2" from a CSV
-    return type(v) is int or (type(v) is str and v.strip().isdigit())
-
-
-def _number(v):  # finite: NaN or Infinity would enter the tables as if they were scores
-    return type(v) in (int, float) and math.isfinite(v)
-
-
-def _flag(v):
-    return type(v) is bool
+def _digits(v):  # replicates: 2, or "2" from a CSV
+    return type(v) is int or v.strip().isdigit()
 
 
 def _counts(v):
-    return type(v) is dict and all(_int(n) for n in v.values())
+    return all(type(n) is int for n in v.values())
 
 
 def _texts(v):
-    return type(v) is list and all(_text(x) for x in v)
+    return all(type(x) is str for x in v)
 
 
 def _rows(v):
-    return type(v) is list and all(type(row) is list and all(x is None or type(x) in (str, int, float)
-                                                            for x in row) for row in v)
+    return all(type(row) is list and all(x is None or type(x) in (str, int, float) for x in row) for row in v)
 
 
-_EXPECTED = {_text: "a string", _int: "an integer", _int_like: "an integer", _number: "a finite number",
-             _flag: "true or false", _counts: "an object of integer counts", _texts: "a list of strings",
-             _rows: "a list of lists of values"}
-_LINEAGE = {"cohort_id": _text, "stage": _text, "parent_gen_id": _text, "combo_id": _text,
-            "template_id": _text, "llm_model_id": _text, "replicate": _int_like}
+_TEXT = _Check(frozenset({str}), None, "a string")
+_INT = _Check(frozenset({int}), None, "an integer")
+_INT_LIKE = _Check(frozenset({int, str}), _digits, "an integer")
+# finite: NaN or Infinity would enter the tables as if they were numbers
+_NUMBER = _Check(frozenset({int, float}), math.isfinite, "a finite number")
+_FLAG = _Check(frozenset({bool}), None, "true or false")
+_COUNTS = _Check(frozenset({dict}), _counts, "an object of integer counts")
+_TEXTS = _Check(frozenset({list}), _texts, "a list of strings")
+_ROWS = _Check(frozenset({list}), _rows, "a list of lists of values")
+
+_LINEAGE = {"cohort_id": _TEXT, "stage": _TEXT, "parent_gen_id": _TEXT, "combo_id": _TEXT,
+            "template_id": _TEXT, "llm_model_id": _TEXT, "replicate": _INT_LIKE}
 # type -> {field: check}; a field listed in _REQUIRED must be present, any other may be absent or null
 PAYLOADS = {
-    "cohort_built": {"cohort_id": _text, "spec_hash": _text, "catalog_hash": _text, "counts": _counts,
-                     "member_fields": _texts, "members": _rows},
+    "cohort_built": {"cohort_id": _TEXT, "spec_hash": _TEXT, "catalog_hash": _TEXT, "counts": _COUNTS,
+                     "member_fields": _TEXTS, "members": _ROWS},
     "generation_started": _LINEAGE,
-    "generation_reused": {**_LINEAGE, "raw_path": _text, "parsed_path": _text, "raw_sha256": _text},
-    "generation_completed": {**_LINEAGE, "raw_path": _text, "parsed_path": _text, "raw_sha256": _text,
-                             "source": _text, "copy": _flag, "duration_s": _number, "provider_model": _text,
-                             "finish_reason": _text, "prompt_tokens": _int, "completion_tokens": _int,
-                             "total_tokens": _int, "cost": _number, "attempts": _int},
-    "generation_failed": {**_LINEAGE, "error_class": _text, "error": _text},
-    "llm_call_failed": {"cohort_id": _text, "stage": _text, "llm_model_id": _text, "attempt": _int,
-                        "status": _int, "error_class": _text, "message": _text, "will_retry": _flag,
-                        "delay_s": _number},
-    "parse_failed": {"cohort_id": _text, "stage": _text, "parser": _text, "reason": _text},
-    "score_parsed": {"cohort_id": _text, "stage": _text, "score": _number, "scale": _text, "parser": _text},
+    "generation_reused": {**_LINEAGE, "raw_path": _TEXT, "parsed_path": _TEXT, "raw_sha256": _TEXT},
+    "generation_completed": {**_LINEAGE, "raw_path": _TEXT, "parsed_path": _TEXT, "raw_sha256": _TEXT,
+                             "source": _TEXT, "copy": _FLAG, "duration_s": _NUMBER, "provider_model": _TEXT,
+                             "finish_reason": _TEXT, "prompt_tokens": _INT, "completion_tokens": _INT,
+                             "total_tokens": _INT, "cost": _NUMBER, "attempts": _INT},
+    "generation_failed": {**_LINEAGE, "error_class": _TEXT, "error": _TEXT},
+    "llm_call_failed": {"cohort_id": _TEXT, "stage": _TEXT, "llm_model_id": _TEXT, "attempt": _INT,
+                        "status": _INT, "error_class": _TEXT, "message": _TEXT, "will_retry": _FLAG,
+                        "delay_s": _NUMBER},
+    "parse_failed": {"cohort_id": _TEXT, "stage": _TEXT, "parser": _TEXT, "reason": _TEXT},
+    "score_parsed": {"cohort_id": _TEXT, "stage": _TEXT, "score": _NUMBER, "scale": _TEXT, "parser": _TEXT},
 }
 _REQUIRED = {"score_parsed": ("score",), "cohort_built": ("member_fields", "members")}
 
@@ -352,18 +350,23 @@ def _problem(event):
 
 def payload_problem(event):
     """What is wrong with ``event``'s fields for its type (see PAYLOADS), or None."""
-    rules = PAYLOADS.get(event["type"])
+    rules = _RULES.get(event["type"])
     if rules is None:
         return None  # unknown types are kept and counted, never folded
-    for key in _REQUIRED.get(event["type"], ()):
-        if event.get(key) is None:
-            return f"{event['type']} without {key!r}"
     get = event.get
-    for key, check in rules.items():
+    for key, kinds, test, expected in rules:
         value = get(key)
-        if value is not None and not check(value):
-            return f"{event['type']}: {key} is {json.dumps(value)[:60]}, expected {_EXPECTED[check]}"
+        if value is not None and (type(value) not in kinds or (test is not None and not test(value))):
+            return f"{event['type']}: {key} is {json.dumps(value)[:60]}, expected {expected}"
+    for key in _REQUIRED.get(event["type"], ()):
+        if get(key) is None:
+            return f"{event['type']} without {key!r}"
     return None
+
+
+# the same table as flat tuples: this check runs once per event read
+_RULES = {etype: tuple((key, c.kinds, c.test, c.expected) for key, c in fields.items())
+          for etype, fields in PAYLOADS.items()}
 
 
 def read_events(events_dir, skip_bad=False) -> ReadResult:

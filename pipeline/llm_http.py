@@ -232,7 +232,7 @@ class OpenAIClient:
 
     def _http_failure(self, model, resp, body_text) -> _Failure:
         status = resp.status_code
-        # scrubbed again once decoded: JSON may spell the key in \\u escapes
+        # scrubbed again once decoded: JSON may have spelled the key in \uXXXX escapes
         said = self._scrub(_server_message(body_text))[:_SNIPPET]
         if status in RETRYABLE_STATUSES or status >= 500:
             return _Failure(status, f"http_{status}", f"HTTP {status}: {said}", True,
@@ -249,12 +249,11 @@ class OpenAIClient:
             msg = error.get("message") if isinstance(error, dict) else error
             code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() else None
             retryable = code is None or code in RETRYABLE_STATUSES or code >= 500
+            said = self._scrub(str(msg))[:_SNIPPET]
             if not retryable:
                 what = _FATAL_MESSAGES.get(code, f"request refused (code {code})")
                 what = what.format(model=model, key_name=self.key_name)
-                said = self._scrub(str(msg))[:_SNIPPET]
                 return _Failure(code, f"api_error_{code}", f"{what}; server said: {said}", False)
-            said = self._scrub(str(msg))[:_SNIPPET]
             return _Failure(200, "api_error", f"error in 200 body (code {code}): {said}", True)
         choices = body.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
