@@ -117,11 +117,17 @@ def mark_blocked(gen_dir, run_id, root):
                                                       "error": f"blocked: {root} failed", "at": now_iso()})
 
 
-def failed_root(gen_dir, stage, gen_id, run_id):
-    """The failed ancestor ("stage gen_id") if this generation failed or was blocked in ``run_id``."""
-    if not failed_in_run(gen_dir, run_id):
+def failed_root(gen_dir, stage, gen_id):
+    """The failed ancestor ("stage gen_id") if this generation has no parsed output and a failure
+    (or blocked) record, from whichever process or run wrote it; else None."""
+    gen_dir = Path(gen_dir)
+    if (gen_dir / "parsed.txt").exists() or not (gen_dir / "failed.json").exists():
         return None
-    return read_json(Path(gen_dir) / "failed.json").get("blocked_by") or f"{stage} {gen_id}"
+    try:
+        root = read_json(gen_dir / "failed.json").get("blocked_by")
+    except StoreError:
+        root = None
+    return root or f"{stage} {gen_id}"
 
 
 def pending(paths, rows, run_id=None) -> list:

@@ -136,7 +136,10 @@ class _GenerationTask(luigi.Task):
         return self.keep_going and store.failed_in_run(gdir, RUN_ID)
 
     def _blocked_by(self):
-        """The failed ancestor ("stage gen_id") when the parent failed, or was blocked, in this run."""
+        """The failed ancestor ("stage gen_id") when the parent has no output but a failure record.
+
+        Luigi runs this task only once the parent task is complete, so such a parent failed in
+        this run - in this process or, with luigid, in another one."""
         if self.parent_task is None or not self.keep_going:
             return None
         try:
@@ -144,8 +147,7 @@ class _GenerationTask(luigi.Task):
         except PipelineError:
             return None
         stage = self.parent_task.stage
-        gdir = self._paths.gen_dir(stage, parent)
-        return None if (gdir / "parsed.txt").exists() else store.failed_root(gdir, stage, parent, RUN_ID)
+        return store.failed_root(self._paths.gen_dir(stage, parent), stage, parent)
 
     def run(self):
         ctx = context(self.cohort_id or None)
