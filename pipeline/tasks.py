@@ -319,8 +319,8 @@ class RunCohort(luigi.Task):
         log.info("cohort %s: %s", self.cohort_id, store.format_summary(summary))
         if summary["failed"] or summary["blocked"]:
             raise PipelineError(f"cohort {self.cohort_id}: {summary['failed']} generation(s) failed, "
-                                f"{summary['blocked']} more blocked behind them (see `daydream status "
-                                f"{self.cohort_id}`); rerun to retry them")
+                                f"{summary['blocked']} more blocked behind them; `daydream status "
+                                f"{self.cohort_id}` says why, and what to run where a rerun alone will not do")
         write_json_atomic(self.output().path, {
             "run_id": RUN_ID, "finished_at": generation.now_iso(), "summary": summary,
             "membership_sha256": store.file_sha256(paths.membership_csv(self.cohort_id))})
