@@ -82,6 +82,9 @@ def cmd_status(args):
         for root, per_stage in blocked.items():
             counts = ", ".join(f"{n} {stage}" for stage, n in per_stage.items())
             print(f"  {counts} waiting on {root}")
+    if failures:
+        print("\nrerunning the cohort retries the failed generations (except where a -> line says otherwise), "
+              "then the blocked ones")
     return 1 if failures or blocked else 0
 
 
