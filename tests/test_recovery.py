@@ -7,6 +7,7 @@
 """
 import csv
 import shutil
+from dataclasses import dataclass
 
 import pytest
 
@@ -94,6 +95,18 @@ def test_reparse_refuses_what_has_no_saved_answer(project, stub):
     assert out.returncode == 2 and out.stderr.startswith("daydream: error: "), output_of(out)
 
 
+@dataclass
+class Blank:
+    project: object
+    run: object          # the luigi run
+    status: object       # `daydream status c1` right after it
+    bad: str             # the draft with the blank answer, its essay and evaluation
+    essay: str
+    evaluation: str
+    failed_events: set   # gen_ids with a generation_failed event
+    summary: str         # the cohort's summary.md
+
+
 @pytest.fixture(scope="module")
 def blank(tmp_path_factory):
     """The first draft's answer is blank (whitespace only): it fails to parse, its essay and
@@ -108,11 +121,12 @@ def blank(tmp_path_factory):
     essay = next(g for g, r in rows.items() if r["parent_gen_id"] == bad)
     evaluation = next(g for g, r in rows.items() if r["parent_gen_id"] == essay)
     failed_events = {e["gen_id"] for e in project.events() if e["type"] == "generation_failed"}
-    return project, run, run_daydream(project, "status", "c1"), bad, essay, evaluation, failed_events
+    summary = (project.data_root / "cohorts" / "c1" / "reports" / "summary.md").read_text(encoding="utf-8")
+    return Blank(project, run, run_daydream(project, "status", "c1"), bad, essay, evaluation, failed_events, summary)
 
 
 def test_blank_answer_points_at_regenerate(blank):
-    project, run, status, bad, _, _, _ = blank
+    project, run, status, bad = blank.project, blank.run, blank.status, blank.bad
     assert run.returncode == 30, output_of(run)
     assert f"`daydream regenerate draft {bad}`" in status.stdout, output_of(status)
     assert status.returncode == 1
@@ -126,7 +140,7 @@ def test_blank_answer_points_at_regenerate(blank):
 
 
 def test_dependents_of_a_failure_are_reported_as_blocked_once(blank):
-    project, run, status, bad, essay, evaluation, failed_events = blank
+    run, status, bad, essay, evaluation = blank.run, blank.status, blank.bad, blank.essay, blank.evaluation
     counts = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()
               if line.split()[:1] in (["draft"], ["essay"], ["evaluation"]) and not line.startswith(" ")}
     # total done failed blocked pending
@@ -141,4 +155,12 @@ def test_dependents_of_a_failure_are_reported_as_blocked_once(blank):
     assert "FAILED essay" not in log and "FAILED evaluation" not in log
     assert f"FAILED draft {bad}: draft {bad}" not in log  # no doubled prefix
     assert "1 generation(s) failed, 2 more blocked behind them" in log
-    assert failed_events == {bad}
+    assert blank.failed_events == {bad}
+
+
+def test_report_counts_the_blocked_apart_from_failures(blank):
+    bad, summary = blank.bad, blank.summary
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in summary.splitlines() if line.startswith("|")]
+    assert ["stage", "members", "done", "failed", "blocked", "pending"] in cells, summary
+    assert ["essay", "2", "1", "0", "1", "0"] in cells and ["evaluation", "2", "1", "0", "1", "0"] in cells, summary
+    assert "## Failures (1)" in summary and bad in summary.split("## Failures (1)")[1].split("##")[0]
