@@ -10,6 +10,7 @@
     daydream regenerate STAGE ID    # pay again for one generation, on purpose
     daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
     daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
+    daydream reparse [--cohort ID] [STAGE ID ...]   # parse saved answers again, no LLM call
 """
 import argparse
 import sys
@@ -62,17 +63,32 @@ def cmd_status(args):
     paths = _paths(args)
     rows = read_membership(paths.membership_csv(args.cohort_id))
     status = stage_status(paths, rows)
-    print(f"{'stage':<12}{'total':>8}{'done':>8}{'failed':>8}{'pending':>9}")
+    print(f"{'stage':<12}{'total':>8}{'done':>8}{'failed':>8}{'blocked':>9}{'pending':>9}")
     for stage, s in status.items():
-        print(f"{stage:<12}{s['total']:>8}{s['done']:>8}{s['failed']:>8}{s['pending']:>9}")
-    failures = [(stage, g, e) for stage, s in status.items() for g, e in s["failures"]]
+        print(f"{stage:<12}{s['total']:>8}{s['done']:>8}{s['failed']:>8}{s['blocked']:>9}{s['pending']:>9}")
+    failures = [(stage, g, e, hint) for stage, s in status.items() for g, e, hint in s["failures"]]
     if failures:
         print(f"\nfailed ({len(failures)}):")
-        for stage, gen_id, error in failures[: args.failures]:
+        for stage, gen_id, error, hint in failures[: args.failures]:
             print(f"  {stage} {gen_id}: {error.splitlines()[0][:200] if error else ''}")
+            if hint:
+                print(f"    -> {hint}")
         if len(failures) > args.failures:
             print(f"  ... and {len(failures) - args.failures} more")
-    return 1 if failures else 0
+    blocked = {}
+    for stage, s in status.items():
+        for _, root in s["blocked_by"]:
+            blocked.setdefault(root, {}).setdefault(stage, 0)
+            blocked[root][stage] += 1
+    if blocked:
+        print(f"\nblocked by a failed parent ({sum(s['blocked'] for s in status.values())}):")
+        for root, per_stage in blocked.items():
+            counts = ", ".join(f"{n} {stage}" for stage, n in per_stage.items())
+            print(f"  {counts} waiting on {root}")
+    if failures:
+        print("\nrerunning the cohort retries the failed generations (except where a -> line says otherwise), "
+              "then the blocked ones")
+    return 1 if failures or blocked else 0
 
 
 def _passthrough():
@@ -145,6 +161,24 @@ def cmd_select_top_essays(args):
     return select_top_essays(_paths(args).data_root, args)
 
 
+def cmd_reparse(args):
+    from .reparse import cohort_targets, parse_targets, reparse
+
+    paths = _paths(args)
+    targets = parse_targets(args.targets)
+    if args.cohort:
+        targets += cohort_targets(paths, args.cohort, include_done=args.all)
+    elif not targets:
+        raise PipelineError("name generations (STAGE GEN_ID ...) or a cohort (--cohort ID) to re-parse")
+    results = reparse(paths, targets, cohort_id=args.cohort)
+    for stage, gen_id, outcome, reason in results:
+        print(f"{stage} {gen_id}: {outcome}" + (f": {reason.splitlines()[0][:200]}" if reason else ""))
+    failed = sum(1 for r in results if r[2] == "failed")
+    print(f"re-parsed {len(results) - failed} of {len(results)} saved answer(s) without an LLM call"
+          + ("; rerun the cohort to continue with their dependents" if len(results) > failed else ""))
+    return 1 if failed else 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -211,6 +245,13 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_roots(p)
     p.set_defaults(func=cmd_select_top_essays)
+
+    p = sub.add_parser("reparse", help="parse saved answers (raw.txt) again after a parser fix; no LLM call")
+    p.add_argument("targets", nargs="*", metavar="STAGE GEN_ID", help="generations to re-parse")
+    p.add_argument("--cohort", help="re-parse this cohort's saved answers that have no parsed output")
+    p.add_argument("--all", action="store_true", help="with --cohort: also those already parsed")
+    _add_roots(p)
+    p.set_defaults(func=cmd_reparse)
     return parser
 
 

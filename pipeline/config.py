@@ -15,6 +15,8 @@ class llm(luigi.Config):  # noqa: N801
     base_url = luigi.Parameter(default="https://openrouter.ai/api/v1")
     api_key_env = luigi.Parameter(default="OPENROUTER_API_KEY")
     timeout_s = luigi.FloatParameter(default=180.0)
+    call_deadline_s = luigi.FloatParameter(
+        default=300.0, description="wall-clock limit of one generation's call: every attempt, wait and body byte")
     max_attempts = luigi.IntParameter(default=6)
     backoff_base_s = luigi.FloatParameter(default=2.0)
     max_tokens = luigi.IntParameter(default=0, description="0: let the provider decide")

@@ -13,6 +13,7 @@ Layout: ``<events_dir>/<YYYY-MM-DD>/<host>-<pid>-<start_ts_compact>-<random4>.js
 """
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -33,6 +34,64 @@ EVENT_TYPES = frozenset({
     "generation_reused", "parse_failed", "score_parsed", "generation_failed",
 })
 _ENVELOPE = ("event_id", "schema", "ts", "type")
+
+
+# --- payload schemas: what replay relies on in each event type (checked when reading) ---------
+
+@dataclass(frozen=True)
+class _Check:
+    """A field's allowed JSON types, an extra test of the value (or None) and how to say it."""
+    kinds: frozenset
+    test: object
+    expected: str
+
+
+def _digits(v):  # replicates: 2, or "2" from a CSV
+    return type(v) is int or v.strip().isdigit()
+
+
+def _counts(v):
+    return all(type(n) is int for n in v.values())
+
+
+def _texts(v):
+    return all(type(x) is str for x in v)
+
+
+def _rows(v):
+    return all(type(row) is list and all(x is None or type(x) in (str, int, float) for x in row) for row in v)
+
+
+_TEXT = _Check(frozenset({str}), None, "a string")
+_INT = _Check(frozenset({int}), None, "an integer")
+_INT_LIKE = _Check(frozenset({int, str}), _digits, "an integer")
+# finite: NaN or Infinity would enter the tables as if they were numbers
+_NUMBER = _Check(frozenset({int, float}), math.isfinite, "a finite number")
+_FLAG = _Check(frozenset({bool}), None, "true or false")
+_COUNTS = _Check(frozenset({dict}), _counts, "an object of integer counts")
+_TEXTS = _Check(frozenset({list}), _texts, "a list of strings")
+_ROWS = _Check(frozenset({list}), _rows, "a list of lists of values")
+
+_LINEAGE = {"cohort_id": _TEXT, "stage": _TEXT, "parent_gen_id": _TEXT, "combo_id": _TEXT,
+            "template_id": _TEXT, "llm_model_id": _TEXT, "replicate": _INT_LIKE}
+# type -> {field: check}; a field listed in _REQUIRED must be present, any other may be absent or null
+PAYLOADS = {
+    "cohort_built": {"cohort_id": _TEXT, "spec_hash": _TEXT, "catalog_hash": _TEXT, "counts": _COUNTS,
+                     "member_fields": _TEXTS, "members": _ROWS},
+    "generation_started": _LINEAGE,
+    "generation_reused": {**_LINEAGE, "raw_path": _TEXT, "parsed_path": _TEXT, "raw_sha256": _TEXT},
+    "generation_completed": {**_LINEAGE, "raw_path": _TEXT, "parsed_path": _TEXT, "raw_sha256": _TEXT,
+                             "source": _TEXT, "copy": _FLAG, "duration_s": _NUMBER, "provider_model": _TEXT,
+                             "finish_reason": _TEXT, "prompt_tokens": _INT, "completion_tokens": _INT,
+                             "total_tokens": _INT, "cost": _NUMBER, "attempts": _INT},
+    "generation_failed": {**_LINEAGE, "error_class": _TEXT, "error": _TEXT},
+    "llm_call_failed": {"cohort_id": _TEXT, "stage": _TEXT, "llm_model_id": _TEXT, "attempt": _INT,
+                        "status": _INT, "error_class": _TEXT, "message": _TEXT, "will_retry": _FLAG,
+                        "delay_s": _NUMBER},
+    "parse_failed": {"cohort_id": _TEXT, "stage": _TEXT, "parser": _TEXT, "reason": _TEXT},
+    "score_parsed": {"cohort_id": _TEXT, "stage": _TEXT, "score": _NUMBER, "scale": _TEXT, "parser": _TEXT},
+}
+_REQUIRED = {"score_parsed": ("score",), "cohort_built": ("member_fields", "members")}
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +148,32 @@ class EventLog:
             except (TypeError, ValueError) as exc:
                 raise EventLogError(f"{type} event for gen_id={event['gen_id']!r} is not "
                                     f"JSON-serialisable: {exc}") from exc
-            # One write per line; a short write (rare: signal, full disk) is completed so the
-            # line stays whole - this process is the segment's only writer.
-            try:
-                written = os.write(self._fd, data)
-                while written < len(data):
-                    written += os.write(self._fd, data[written:])
-            except OSError as exc:
-                raise EventLogError(f"{self.path}: cannot append an event ({exc.strerror}); free disk "
-                                    "space or fix permissions, then rerun") from None
+            self._append(data)
         return event
+
+    def _append(self, data):
+        # One write per line. After a short or failed write the segment ends in a fragment: it is
+        # closed for good (replay skips a torn last line) and the line goes whole into a new one,
+        # so no later event of this process is ever glued to the fragment.
+        for retry in (False, True):
+            try:
+                if os.write(self._fd, data) == len(data):
+                    return
+                problem = "short write"
+            except OSError as exc:
+                problem = exc.strerror
+            failed = self.path
+            os.close(self._fd)
+            self._fd = None
+            if retry:
+                break
+            try:
+                self._open_segment()
+            except OSError as exc:
+                problem = exc.strerror
+                break
+        raise EventLogError(f"{failed}: cannot append an event ({problem}); free disk space or fix "
+                            "permissions, then rerun")
 
     def fsync(self):
         """Force this process's events to disk (call at task end)."""
@@ -224,6 +299,11 @@ def scan_events(events_dir, skip_bad=False, stats=None):
                 ok, problem = False, "not a JSON object"
             else:
                 problem = None if ok else _problem(event)
+                if problem is None:
+                    if event["schema"] > SCHEMA_VERSION:
+                        raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
+                                            f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
+                    problem = payload_problem(event)
             if problem:
                 where = f"{path}:{line_no}"
                 if not skip_bad:
@@ -231,9 +311,6 @@ def scan_events(events_dir, skip_bad=False, stats=None):
                                         "line, or replay with --skip-bad to skip and count it")
                 stats.bad.append(f"{where}: {problem}")
                 continue
-            if event["schema"] > SCHEMA_VERSION:
-                raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
-                                    f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
             event_id = event["event_id"]
             if event_id in seen:
                 stats.duplicates += 1
@@ -269,6 +346,27 @@ def _problem(event):
         if type(event.get("gen_id")) is not str:
             return f"{event['type']} without a gen_id"
     return None
+
+
+def payload_problem(event):
+    """What is wrong with ``event``'s fields for its type (see PAYLOADS), or None."""
+    rules = _RULES.get(event["type"])
+    if rules is None:
+        return None  # unknown types are kept and counted, never folded
+    get = event.get
+    for key, kinds, test, expected in rules:
+        value = get(key)
+        if value is not None and (type(value) not in kinds or (test is not None and not test(value))):
+            return f"{event['type']}: {key} is {json.dumps(value)[:60]}, expected {expected}"
+    for key in _REQUIRED.get(event["type"], ()):
+        if get(key) is None:
+            return f"{event['type']} without {key!r}"
+    return None
+
+
+# the same table as flat tuples: this check runs once per event read
+_RULES = {etype: tuple((key, c.kinds, c.test, c.expected) for key, c in fields.items())
+          for etype, fields in PAYLOADS.items()}
 
 
 def read_events(events_dir, skip_bad=False) -> ReadResult:

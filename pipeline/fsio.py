@@ -16,6 +16,20 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
 _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
 
 
+def _umask() -> int:
+    # read without setting it: os.umask() can only be read by changing it, a race with other threads
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
     # the writer's host and pid in the name let remove_stale_tmp() tell leftovers of a killed
     # writer from files being written right now
@@ -24,6 +38,9 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp-{_HOST}-{os.getpid()}",
                                    dir=path.parent)
+        # mkstemp creates 0600; outputs get what open() would give them (0644 under the usual
+        # umask), so a data/ shared by several users or machines stays readable
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -118,6 +118,26 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
         raise
 
 
+def reparse_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
+    """Parse the saved raw.txt again (after a parser fix), never calling a model: rewrites parsed.txt
+    and metadata and logs the outcome like a run that reuses a saved answer. A failure is recorded
+    (and a parsed.txt from before is set aside as ``parsed.txt.superseded-<time>``) before it is raised."""
+    gdir = ctx.paths.gen_dir(stage, gen_id)
+    if not (gdir / "raw.txt").exists():
+        raise PipelineError(f"{stage} {gen_id}: no saved answer ({gdir / 'raw.txt'}) to re-parse; run its "
+                            f"cohort to buy one")
+    meta = load_meta(ctx.paths, stage, gen_id)
+    base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
+    try:
+        return _run(ctx, meta, gdir, base)
+    except PipelineError as exc:
+        if (gdir / "parsed.txt").exists():
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            os.replace(gdir / "parsed.txt", gdir / f"parsed.txt.superseded-{stamp}")
+        _fail(ctx, meta, gdir / "metadata.json", base, exc)
+        raise
+
+
 def _run(ctx, meta, gdir, base) -> str:
     paths, events, stage = ctx.paths, ctx.events, meta["stage"]
     parsed_path, raw_path, meta_path = gdir / "parsed.txt", gdir / "raw.txt", gdir / "metadata.json"

@@ -6,7 +6,8 @@ OpenAI-compatible HTTP API (OpenRouter by default) for everything else.
 
 The HTTP client and the local model are created once per process and reused.
 Environment overrides: DAYDREAM_LLM_BASE_URL for ``[llm] base_url``; the API key is read from
-the variable that ``[llm] api_key_env`` names (OPENROUTER_API_KEY by default) and never stored.
+the variable that ``[llm] api_key_env`` names (OPENROUTER_API_KEY by default), stripped of
+surrounding whitespace, and never stored. ``[llm] call_deadline_s`` bounds each call (0: no bound).
 """
 import os
 from pathlib import Path
@@ -19,11 +20,12 @@ __all__ = ["Backends", "LLMResult"]
 
 
 class Backends:
-    def __init__(self, base_url, api_key_env, *, timeout_s=180.0, max_attempts=6, backoff_base_s=2.0,
-                 max_tokens=None, local_max_tokens=256, local_threads=2, pacer=None):
+    def __init__(self, base_url, api_key_env, *, timeout_s=180.0, call_deadline_s=300.0, max_attempts=6,
+                 backoff_base_s=2.0, max_tokens=None, local_max_tokens=256, local_threads=2, pacer=None):
         self.base_url = base_url
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
+        self.call_deadline_s = call_deadline_s
         self.max_attempts = max_attempts
         self.backoff_base_s = backoff_base_s
         self.max_tokens = max_tokens or None
@@ -39,19 +41,19 @@ class Backends:
         cfg = llm()
         pacer = Pacer(Path(data_root) / ".ratelimit", {"llm_free": cfg.rpm_llm_free, "llm_paid": cfg.rpm_llm_paid})
         return cls(os.environ.get("DAYDREAM_LLM_BASE_URL") or cfg.base_url, cfg.api_key_env,
-                   timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts, backoff_base_s=cfg.backoff_base_s,
-                   max_tokens=cfg.max_tokens, local_max_tokens=cfg.local_max_tokens,
+                   timeout_s=cfg.timeout_s, call_deadline_s=cfg.call_deadline_s, max_attempts=cfg.max_attempts,
+                   backoff_base_s=cfg.backoff_base_s, max_tokens=cfg.max_tokens, local_max_tokens=cfg.local_max_tokens,
                    local_threads=cfg.local_threads, pacer=pacer)
 
     def _http(self):
         if self._client is None:
-            key = os.environ.get(self.api_key_env)
+            key = (os.environ.get(self.api_key_env) or "").strip()
             if not key and "127.0.0.1" not in self.base_url and "localhost" not in self.base_url:
                 raise LLMError(f"no API key: set the {self.api_key_env} environment variable "
                                f"(or use a model whose provider is 'local')", retryable=False)
             self._client = OpenAIClient(self.base_url, key, timeout=(10, self.timeout_s),
-                                        max_attempts=self.max_attempts, backoff_base=self.backoff_base_s,
-                                        key_name=self.api_key_env)
+                                        deadline_s=self.call_deadline_s or None, max_attempts=self.max_attempts,
+                                        backoff_base=self.backoff_base_s, key_name=self.api_key_env)
         return self._client
 
     def complete(self, model, prompt, *, stage, on_attempt_failed=None) -> LLMResult:

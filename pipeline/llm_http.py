@@ -7,17 +7,20 @@
 Transient trouble (429, 408, 5xx, timeouts, dropped connections, garbled or empty answers) is
 retried with exponential backoff and full jitter, honouring Retry-After. A bad request, key,
 credit balance or model name raises LLMError(retryable=False) at once. Running out of attempts
-(or of ``deadline_s``) raises LLMError(retryable=True). The API key never appears in a message.
+or of ``deadline_s`` (a wall clock over every attempt, wait and body byte) raises
+LLMError(retryable=True). The API key never appears in a message, in any spelling.
 """
 import email.utils
 import json
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from .errors import LLMError
@@ -31,6 +34,7 @@ _FATAL_MESSAGES = {
     404: "unknown model {model} (HTTP 404) - check the model id",
 }
 _SNIPPET = 300  # chars of a server's error text worth quoting
+_CHUNK = 16384  # bytes per read of a response body, between deadline checks
 
 
 @dataclass
@@ -96,8 +100,9 @@ class OpenAIClient:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.base_url = base_url.rstrip("/")
-        self._api_key = api_key or None
         self.key_name = key_name  # the variable's name, for messages; never its value
+        self._api_key = _clean_key(api_key, key_name)
+        self._key_pattern = _key_pattern(self._api_key)
         # 429s say "slow down", not "broken": they get a budget of their own so that workers
         # sharing a provider's concurrency limit wait their turn instead of giving up
         self.max_rate_limited = max_rate_limited
@@ -139,16 +144,20 @@ class OpenAIClient:
         start = time.monotonic()
         deadline = None if self.deadline_s is None else start + self.deadline_s
         attempt = rate_limited = 0
+        fail = None
         while True:
-            attempt += 1
             if before_attempt is not None:
                 before_attempt()
+            if fail is not None and deadline is not None and time.monotonic() >= deadline:
+                break  # a rate limiter's wait used up the rest of the time
+            attempt += 1
             outcome = self._attempt(model, payload, deadline)
             if isinstance(outcome, LLMResult):
                 outcome.attempts = attempt
                 outcome.duration_s = time.monotonic() - start
                 return outcome
             fail = outcome
+            fail.message = self._scrub(fail.message)  # last line of defence, whatever built it
             if fail.status == 429:
                 rate_limited += 1
             delay = self._delay(attempt, fail.retry_after)
@@ -165,8 +174,11 @@ class OpenAIClient:
         if not fail.retryable:
             raise LLMError(f"model {model}: {fail.message}", status=fail.status, retryable=False,
                            attempts=attempt, error_class=fail.error_class)
-        why = "deadline reached" if within_budget else "attempts exhausted"
-        raise LLMError(f"model {model}: gave up after {attempt} attempts ({why}); last error "
+        if within_budget:  # only the clock stopped it
+            raise LLMError(f"model {model}: deadline of {self.deadline_s:g}s exceeded after {attempt} "
+                           f"attempts (last: {fail.message})", status=fail.status, retryable=True,
+                           attempts=attempt, error_class=fail.error_class)
+        raise LLMError(f"model {model}: gave up after {attempt} attempts (attempts exhausted); last error "
                        f"{fail.error_class}: {fail.message}", status=fail.status, retryable=True,
                        attempts=attempt, error_class=fail.error_class)
 
@@ -180,7 +192,7 @@ class OpenAIClient:
         return max(min(retry_after, self.max_retry_after), backoff)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        return self._key_pattern.sub("***", text) if self._key_pattern else text
 
     def _attempt(self, model, payload, deadline) -> "LLMResult | _Failure":
         connect, read = self.timeout
@@ -191,14 +203,19 @@ class OpenAIClient:
             connect, read = min(connect, left), min(read, left)
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:
-            resp = self.session.post(f"{self.base_url}/chat/completions", json=payload,
-                                     headers=headers, timeout=(connect, read))
-            raw = resp.content
+            # stream=True: the body is read below in chunks against the deadline, so a server
+            # trickling bytes (each within the read timeout) cannot hold the call forever
+            with self.session.post(f"{self.base_url}/chat/completions", json=payload, headers=headers,
+                                   timeout=(connect, read), stream=True) as resp:
+                raw = _read_body(resp, deadline)
         except requests.Timeout:
             return _Failure(None, "timeout", f"no answer within {read:g}s", True)
         except requests.RequestException as exc:
             # Covers refused/reset connections and bodies cut off mid-response (ChunkedEncodingError).
             return _Failure(None, "connection", self._scrub(f"{type(exc).__name__}: {exc}")[:_SNIPPET], True)
+        if raw is None:
+            return _Failure(None, "deadline", "response body still arriving at the deadline", True)
+        # scrubbed before anything is cut short, so no snippet can end in part of the key
         if resp.status_code != 200:
             return self._http_failure(model, resp, self._scrub(raw.decode("utf-8", "replace")))
         try:
@@ -215,7 +232,8 @@ class OpenAIClient:
 
     def _http_failure(self, model, resp, body_text) -> _Failure:
         status = resp.status_code
-        said = _server_message(body_text)
+        # scrubbed again once decoded: JSON may have spelled the key in \uXXXX escapes
+        said = self._scrub(_server_message(body_text))[:_SNIPPET]
         if status in RETRYABLE_STATUSES or status >= 500:
             return _Failure(status, f"http_{status}", f"HTTP {status}: {said}", True,
                             parse_retry_after(resp.headers.get("Retry-After")))
@@ -231,11 +249,12 @@ class OpenAIClient:
             msg = error.get("message") if isinstance(error, dict) else error
             code = int(code) if isinstance(code, (int, str)) and str(code).isdigit() else None
             retryable = code is None or code in RETRYABLE_STATUSES or code >= 500
+            said = self._scrub(str(msg))[:_SNIPPET]
             if not retryable:
                 what = _FATAL_MESSAGES.get(code, f"request refused (code {code})")
                 what = what.format(model=model, key_name=self.key_name)
-                return _Failure(code, f"api_error_{code}", f"{what}; server said: {str(msg)[:_SNIPPET]}", False)
-            return _Failure(200, "api_error", f"error in 200 body (code {code}): {str(msg)[:_SNIPPET]}", True)
+                return _Failure(code, f"api_error_{code}", f"{what}; server said: {said}", False)
+            return _Failure(200, "api_error", f"error in 200 body (code {code}): {said}", True)
         choices = body.get("choices")
         if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
             return _Failure(200, "no_choices", "response has no choices", True)
@@ -254,12 +273,51 @@ class OpenAIClient:
                          truncated=finish == "length")
 
 
+def _read_body(resp, deadline) -> "bytes | None":
+    """The whole body, or None if ``deadline`` (monotonic) passed before its last byte.
+
+    read1 returns whatever one socket read brings (iter_content would wait for a full chunk)."""
+    chunks = []
+    while True:
+        try:
+            chunk = resp.raw.read1(_CHUNK, decode_content=True)
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise requests.ReadTimeout(str(exc)) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(str(exc)) from None
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        if deadline is not None and time.monotonic() >= deadline:
+            return None
+
+
+def _clean_key(key, key_name):
+    """The key without surrounding whitespace (a CRLF .env leaves a \\r); refuse control characters
+    inside it, which would otherwise be quoted back in an "invalid header" error."""
+    key = (key or "").strip()
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise LLMError(f"the API key in {key_name} contains control characters (e.g. a line break inside "
+                       f"it); set {key_name} to the key alone", retryable=False, attempts=0,
+                       error_class="bad_api_key")
+    return key or None
+
+
+def _key_pattern(key):
+    """Matches ``key`` with any of its characters spelled literally, as a JSON ``\\uXXXX`` escape
+    or %-encoded, so an echo in any of those spellings is scrubbed."""
+    if not key:
+        return None
+    return re.compile("".join(f"(?:{re.escape(c)}|\\\\u{ord(c):04x}|%{ord(c):02x})" for c in key),
+                      re.IGNORECASE)
+
+
 def _server_message(body_text: str) -> str:
-    """The error message from an (already scrubbed) error body, else the body's start."""
+    """The error message from an error body, else the body (the caller scrubs and shortens it)."""
     try:
         err = json.loads(body_text).get("error")
         if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:_SNIPPET]
+            return str(err["message"])
     except (ValueError, AttributeError):
         pass
-    return body_text[:_SNIPPET] or "(empty body)"
+    return body_text or "(empty body)"

@@ -209,15 +209,22 @@ def top_essays(scores, n=TOP_N, combos=None) -> pd.DataFrame:
 
 
 def stage_counts(data: CohortData) -> pd.DataFrame:
-    """Per stage: members, done, failed and pending (never run, or interrupted)."""
+    """Per stage: members, done, failed, blocked (behind a failed parent) and pending (never run,
+    or interrupted)."""
     status = dict(zip(data.generations["gen_id"], data.generations["status"]))
     status.update(zip(data.evaluations["gen_id"], data.evaluations["status"]))
+    parent = {r["gen_id"]: r.get("parent_gen_id") for r in data.members}
     rows = []
-    for stage in STAGES:
-        states = [status.get(gen_id) for gen_id in data.member_ids(stage)]
-        done, failed = states.count("done"), states.count("failed")
-        rows.append((stage, len(states), done, failed, len(states) - done - failed))
-    return pd.DataFrame(rows, columns=["stage", "members", "done", "failed", "pending"])
+    for stage in STAGES:  # parents first, so "blocked" passes down the chain
+        states = []
+        for gen_id in data.member_ids(stage):
+            state = status.get(gen_id)
+            if state not in ("done", "failed") and status.get(parent.get(gen_id)) in ("failed", "blocked"):
+                state = status[gen_id] = "blocked"
+            states.append(state)
+        done, failed, blocked = states.count("done"), states.count("failed"), states.count("blocked")
+        rows.append((stage, len(states), done, failed, blocked, len(states) - done - failed - blocked))
+    return pd.DataFrame(rows, columns=["stage", "members", "done", "failed", "blocked", "pending"])
 
 
 def llm_usage(data: CohortData) -> pd.DataFrame:

@@ -4,6 +4,7 @@ failure markers, run summaries. Plain functions over paths and rows.
     >>> todo = pending(paths, read_membership(paths.membership_csv("demo")))
     >>> stage_status(paths, rows)     # {"draft": {"total": 3, "done": 3, "failed": 0, "pending": 0}, ...}
 """
+import csv
 import hashlib
 import os
 from pathlib import Path
@@ -35,9 +36,23 @@ def cohort_is_current(paths, cohort_id, catalog) -> bool:
         doc = read_json(manifest)
     except StoreError:
         return False
+    if _metadata_missing(paths, cohort_id):
+        return False
     if not spec.exists():
         return doc.get("spec_hash") is None and doc.get("membership_sha256") == file_sha256(membership)
     return doc.get("spec_hash") == spec_folder_hash(spec) and doc.get("catalog_hash") == catalog.hash
+
+
+def _metadata_missing(paths, cohort_id) -> bool:
+    """True when a member has no metadata.json (e.g. deleted because it was corrupt, as the error
+    advises): BuildCohort then runs again and reseeds it. Only stage and gen_id are read here; a
+    hand-edited membership is reported by read_membership, not here."""
+    with open(paths.membership_csv(cohort_id), newline="", encoding="utf-8", errors="replace") as fh:
+        for row in csv.DictReader(fh):
+            stage, gen_id = row.get("stage"), row.get("gen_id")
+            if stage in STAGES and gen_id and not os.path.exists(paths.gen_dir(stage, gen_id) / "metadata.json"):
+                return True
+    return False
 
 
 def _seed(cohort, row):
@@ -136,6 +151,25 @@ def mark_failed(gen_dir, run_id, exc):
                                                       "error_class": type(exc).__name__, "at": now_iso()})
 
 
+def mark_blocked(gen_dir, run_id, root):
+    """This run skips the generation: ``root`` ("stage gen_id"), an ancestor, failed in it."""
+    write_json_atomic(Path(gen_dir) / "failed.json", {"run_id": run_id, "blocked_by": root,
+                                                      "error": f"blocked: {root} failed", "at": now_iso()})
+
+
+def failed_root(gen_dir, stage, gen_id):
+    """The failed ancestor ("stage gen_id") if this generation has no parsed output and a failure
+    (or blocked) record, from whichever process or run wrote it; else None."""
+    gen_dir = Path(gen_dir)
+    if (gen_dir / "parsed.txt").exists() or not (gen_dir / "failed.json").exists():
+        return None
+    try:
+        root = read_json(gen_dir / "failed.json").get("blocked_by")
+    except StoreError:
+        root = None
+    return root or f"{stage} {gen_id}"
+
+
 def pending(paths, rows, run_id=None) -> list:
     """Rows without parsed output (and, given a run id, not already failed in that run), parents first."""
     out = []
@@ -186,25 +220,60 @@ def generation_state(paths, row):
     return "pending", meta
 
 
-def stage_status(paths, rows) -> dict:
-    """Per stage: total, done, failed, pending, and the failures with their reasons."""
-    out = {stage: {"total": 0, "done": 0, "failed": 0, "pending": 0, "failures": []} for stage in STAGES}
-    for row in rows:
+def _states(paths, rows):
+    """Yield (row, state, meta, root) in stage order. A generation that is not done and whose parent
+    failed (or is itself blocked) is "blocked"; ``root`` is the failed ancestor as "stage gen_id"."""
+    seen = {}
+    for row in sorted(rows, key=lambda r: STAGE_ORDER[r["stage"]]):
         state, meta = generation_state(paths, row)
+        parent = seen.get(row.get("parent_gen_id"))
+        if state != "done" and parent is not None and parent[0] in ("failed", "blocked"):
+            state, root = "blocked", parent[1]
+        else:
+            root = f"{row['stage']} {row['gen_id']}"
+        seen[row["gen_id"]] = (state, root)
+        yield row, state, meta, root
+
+
+def way_out(paths, row, meta) -> str | None:
+    """What to run to get a failed generation unstuck, when rerunning alone will not do it."""
+    if meta.get("error_class") != "ParseError":
+        return None
+    raw = paths.gen_dir(row["stage"], row["gen_id"]) / "raw.txt"
+    try:
+        text = raw.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.strip():
+        return (f"the saved answer is blank and will never parse: `daydream regenerate {row['stage']} "
+                f"{row['gen_id']}` pays for a new one")
+    return (f"the saved answer does not parse: fix the parser or template, then `daydream reparse "
+            f"{row['stage']} {row['gen_id']}` (no LLM call)")
+
+
+def stage_status(paths, rows) -> dict:
+    """Per stage: total, done, failed, blocked, pending; the failures as (gen_id, reason, way out or
+    None) and the blocked ones as (gen_id, failed ancestor)."""
+    out = {stage: {"total": 0, "done": 0, "failed": 0, "blocked": 0, "pending": 0, "failures": [],
+                   "blocked_by": []} for stage in STAGES}
+    for row, state, meta, root in _states(paths, rows):
         entry = out[row["stage"]]
         entry["total"] += 1
         entry[state] += 1
         if state == "failed":
-            entry["failures"].append((row["gen_id"], meta.get("error") or "see failed.json"))
+            entry["failures"].append((row["gen_id"], meta.get("error") or "see failed.json",
+                                      way_out(paths, row, meta)))
+        elif state == "blocked":
+            entry["blocked_by"].append((row["gen_id"], root))
     return out
 
 
 def run_summary(paths, rows, run_started) -> dict:
-    """What one run did: done, skipped as already done, failed, LLM calls made, tokens, cost."""
-    summary = {"total": len(rows), "done": 0, "skipped": 0, "failed": 0, "pending": 0, "llm_calls": 0,
-               "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
-    for row in rows:
-        state, meta = generation_state(paths, row)
+    """What one run did: done, skipped as already done, failed, blocked behind a failure, LLM calls
+    made, tokens, cost."""
+    summary = {"total": len(rows), "done": 0, "skipped": 0, "failed": 0, "blocked": 0, "pending": 0,
+               "llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost": 0.0}
+    for _, state, meta, _ in _states(paths, rows):
         summary[state] += 1
         if state == "done" and (meta.get("completed_at") or "") < run_started:
             summary["skipped"] += 1
@@ -219,5 +288,5 @@ def run_summary(paths, rows, run_started) -> dict:
 
 def format_summary(s) -> str:
     return (f"{s['done']}/{s['total']} done ({s['skipped']} skipped as already done), {s['failed']} failed, "
-            f"{s['pending']} pending; {s['llm_calls']} LLM calls, "
+            f"{s['blocked']} blocked by a failed parent, {s['pending']} pending; {s['llm_calls']} LLM calls, "
             f"{s['prompt_tokens']}+{s['completion_tokens']} tokens, cost ${s['cost']:.4f}")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 _STATUS_FAULTS = {"429", "429-ra0", "429-nora", "500", "502", "503", "400", "401", "402", "404"}
 _BODY_FAULTS = {"timeout", "drop", "badjson", "empty_choices", "length", "error200", "finish_error",
-                "empty_content", "null_content", "non_utf8"}
+                "empty_content", "null_content", "non_utf8", "trickle", "500-echo-escaped", "blank_content"}
 FAULTS = frozenset(_STATUS_FAULTS | _BODY_FAULTS)
 
 _WORDS = ("lantern", "orchard", "circuit", "harbor", "mosaic", "signal", "meadow", "archive",
@@ -59,12 +59,13 @@ class StubLLMServer:
     ``faults``: list of fault names (see FAULTS) used by successive requests, then normal answers;
     or callable(request_index, body_dict) -> fault name or None. ``max_concurrent``: requests beyond
     this many in flight get 429 with Retry-After: 0. ``retry_after``: seconds sent with fault "429".
-    ``hang_s``: how long fault "timeout" stalls before closing. ``count_file``: append
+    ``hang_s``: how long fault "timeout" stalls before closing. ``trickle_s``: the pause between the
+body bytes of fault "trickle" (a normal answer, one byte at a time). ``count_file``: append
     ``<status>\\t<model>\\t<prompt sha256>`` per request ("-" when no status was sent).
     """
 
     def __init__(self, latency=0.0, max_concurrent=None, faults=None, *, retry_after=1, hang_s=3.0,
-                 count_file=None, host="127.0.0.1", port=0):
+                 trickle_s=0.3, count_file=None, host="127.0.0.1", port=0):
         if faults is not None and not callable(faults):
             faults = list(faults)
             unknown = sorted(set(faults) - FAULTS)
@@ -74,6 +75,7 @@ class StubLLMServer:
         self.max_concurrent = max_concurrent
         self.retry_after = retry_after
         self.hang_s = hang_s
+        self.trickle_s = trickle_s
         self._faults = faults
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -222,6 +224,14 @@ class _Handler(BaseHTTPRequestHandler):
             echo = f"stub fault {fault}; request headers: {dict(self.headers)}"
             self._send_json(status, _err(status, echo), extra.get(fault, {}))
             return
+        if fault == "500-echo-escaped":
+            # a JSON error body quoting the Authorization header with every character \u-escaped:
+            # valid JSON that decodes back to the key
+            record(500)
+            auth = "".join(f"\\u{ord(c):04x}" for c in self.headers.get("Authorization", ""))
+            self._send_bytes(500, ('{"error": {"code": 500, "message": "stub fault 500-echo-escaped; '
+                                   f'you sent Authorization: {auth}"}}}}').encode("ascii"))
+            return
         if fault == "timeout":
             record(None)
             stub._stop.wait(stub.hang_s)
@@ -240,7 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         record(200)
-        if fault == "badjson":
+        if fault == "trickle":
+            self._trickle(json.dumps(_completion(index, model, prompt, text, "stop")).encode(), stub)
+        elif fault == "badjson":
             self._send_bytes(200, b'{"id": "gen-bad", "choices": [')
         elif fault == "non_utf8":
             self._send_bytes(200, b'{"choices": [{"message": {"content": "\xff\xfe\xfa"}, '
@@ -252,8 +264,23 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             finish, content = {"length": ("length", text), "finish_error": ("error", text[:20]),
                                "empty_content": ("stop", ""), "null_content": ("stop", None),
+                               "blank_content": ("stop", " \n\n  "),
                                None: ("stop", text)}[fault]
             self._send_json(200, _completion(index, model, prompt, content, finish))
+
+    def _trickle(self, data, stub):
+        """A normal 200 answer sent one byte at a time, each within any read timeout."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.flush()
+        for i in range(len(data)):
+            if stub._stop.wait(stub.trickle_s):
+                break
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+        self.close_connection = True
 
     def _send_json(self, status, obj, headers=None):
         self._send_bytes(status, json.dumps(obj).encode("utf-8"), headers)

@@ -135,19 +135,40 @@ class _GenerationTask(luigi.Task):
             return True
         return self.keep_going and store.failed_in_run(gdir, RUN_ID)
 
+    def _blocked_by(self):
+        """The failed ancestor ("stage gen_id") when the parent has no output but a failure record.
+
+        Luigi runs this task only once the parent task is complete, so such a parent failed in
+        this run - in this process or, with luigid, in another one."""
+        if self.parent_task is None or not self.keep_going:
+            return None
+        try:
+            parent = self._meta()["parent_gen_id"]
+        except PipelineError:
+            return None
+        stage = self.parent_task.stage
+        return store.failed_root(self._paths.gen_dir(stage, parent), stage, parent)
+
     def run(self):
         ctx = context(self.cohort_id or None)
+        root = self._blocked_by()
+        if root:  # not a failure of its own: reported once, as blocked, naming the failed ancestor
+            log.info("BLOCKED %s %s: %s failed", self.stage, self.gen_id, root)
+            store.mark_blocked(self._paths.gen_dir(self.stage, self.gen_id), RUN_ID, root)
+            self.set_status_message(f"blocked: {root} failed")
+            return
         self.set_status_message(f"{self.stage} {self.gen_id}: running")
         self.set_progress_percentage(0)
         started = time.monotonic()
         try:
             outcome = generation.run_generation(ctx, self.stage, self.gen_id)
         except PipelineError as exc:
-            log.warning("FAILED %s %s: %s", self.stage, self.gen_id, exc)
+            reason = str(exc).removeprefix(f"{self.stage} {self.gen_id}: ")  # said once, in front
+            log.warning("FAILED %s %s: %s", self.stage, self.gen_id, reason)
             if not self.keep_going:
                 raise
             store.mark_failed(self._paths.gen_dir(self.stage, self.gen_id), RUN_ID, exc)
-            self.set_status_message(f"failed: {exc}")
+            self.set_status_message(f"failed: {reason}")
             return
         log.info("%s %s %s in %.1fs", outcome, self.stage, self.gen_id, time.monotonic() - started)
         self.set_status_message(f"{outcome} in {time.monotonic() - started:.1f}s")
@@ -302,9 +323,10 @@ class RunCohort(luigi.Task):
         yield CohortReport(cohort_id=self.cohort_id, log_state=state)
         summary = store.run_summary(paths, rows, RUN_STARTED)
         log.info("cohort %s: %s", self.cohort_id, store.format_summary(summary))
-        if summary["failed"]:
-            raise PipelineError(f"cohort {self.cohort_id}: {summary['failed']} generation(s) failed "
-                                f"(see `daydream status {self.cohort_id}`); rerun to retry them")
+        if summary["failed"] or summary["blocked"]:
+            raise PipelineError(f"cohort {self.cohort_id}: {summary['failed']} generation(s) failed, "
+                                f"{summary['blocked']} more blocked behind them; `daydream status "
+                                f"{self.cohort_id}` says why, and what to run where a rerun alone will not do")
         write_json_atomic(self.output().path, {
             "run_id": RUN_ID, "finished_at": generation.now_iso(), "summary": summary,
             "membership_sha256": store.file_sha256(paths.membership_csv(self.cohort_id))})

@@ -187,3 +187,48 @@ def test_unknown_event_type_is_kept_and_counted(tmp_path):
 def test_missing_events_dir_reads_as_empty(tmp_path):
     result = read_events(tmp_path / "nope")
     assert result.events == [] and result.stats.segments == 0
+
+
+# A process whose file-size limit cuts an event line short (a real short write, then EFBIG).
+_SHORT_WRITE = r"""
+import os, resource, signal, sys
+from pipeline.events import EventLog, EventLogError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of being killed
+log = EventLog(sys.argv[1])
+log.emit("generation_started", cohort_id="c1", stage="draft", gen_id="d_first", template_id="t" * 300)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+# 40 bytes of room left in this segment; a fresh segment may grow to the same size
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(log.path) + 40 - int(sys.argv[2]), hard))
+try:
+    log.emit("generation_completed", cohort_id="c1", stage="draft", gen_id="d_second", raw_sha256="0" * 64)
+    print("written")
+except EventLogError as exc:
+    print(f"error: {exc}")
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+log.emit("generation_completed", cohort_id="c1", stage="draft", gen_id="d_third", raw_sha256="1" * 64)
+log.close()
+"""
+
+
+@pytest.mark.parametrize("squeeze", [0, 420], ids=["room-in-a-new-segment", "no-room-anywhere"])
+def test_short_write_ends_the_segment_and_later_events_stay_whole(tmp_path, squeeze):
+    """The line cut short stays behind as the last line of a segment that is never written again;
+    the event goes whole into a new segment if it fits (else emit fails naming the file), and the
+    next event of the process is whole either way, never glued to the fragment."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _SHORT_WRITE, str(tmp_path), str(squeeze)], capture_output=True,
+                         text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr
+    result = read_events(tmp_path)
+    got = [e["gen_id"] for e in result.events]
+    fragments = [p for p in iter_segments(tmp_path) if not p.read_bytes().endswith(b"\n")]
+    assert len(fragments) == 1 and len(result.stats.torn) == 1, (fragments, result.stats)
+    if squeeze == 0:
+        assert out.stdout.strip() == "written"
+        assert got == ["d_first", "d_second", "d_third"]
+    else:
+        assert out.stdout.startswith("error: ") and "cannot append an event" in out.stdout, out.stdout
+        assert got == ["d_first", "d_third"]

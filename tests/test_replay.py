@@ -279,3 +279,51 @@ def test_empty_log_writes_header_only_tables(tmp_path):
     assert set(stats.rows.values()) == {0}
     header = (tmp_path / "tables" / "evaluation_results.csv").read_text()
     assert header.startswith("gen_id,essay_gen_id,draft_gen_id,") and header.count("\n") == 1
+
+
+# (type, fields) with a valid envelope but a payload replay cannot use
+BAD_PAYLOADS = {
+    "score-text": ("score_parsed", dict(gen_id="v1", stage="evaluation", score="abc", scale="0-9")),
+    "score-NaN": ("score_parsed", dict(gen_id="v1", stage="evaluation", score=float("nan"))),
+    "score-Infinity": ("score_parsed", dict(gen_id="v1", stage="evaluation", score=float("inf"))),
+    "score-missing": ("score_parsed", dict(gen_id="v1", stage="evaluation", scale="0-9")),
+    "members-text": ("cohort_built", dict(gen_id=None, member_fields=MEMBER_FIELDS, members="x")),
+    "members-flat": ("cohort_built", dict(gen_id=None, member_fields=MEMBER_FIELDS, members=["d9", "d8"])),
+    "counts-list": ("cohort_built", dict(gen_id=None, member_fields=MEMBER_FIELDS, members=[], counts=[1])),
+    "replicate-word": ("generation_started", dict(D1, replicate="two")),
+    "attempt-text": ("llm_call_failed", dict(gen_id="d1", attempt="1", status=429)),
+    "will_retry-text": ("llm_call_failed", dict(gen_id="d1", attempt=1, will_retry="yes")),
+    "tokens-float": ("generation_completed", dict(D1, prompt_tokens=1.5)),
+    "cost-NaN": ("generation_completed", dict(D1, cost=float("nan"))),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PAYLOADS))
+def test_bad_payload_is_named_by_file_and_line_and_skipped_with_skip_bad(tmp_path, case):
+    type, fields = BAD_PAYLOADS[case]
+    write_full_log(tmp_path / "events")
+    replay(tmp_path / "events", tmp_path / "plain")
+    segment = tmp_path / "events" / "2099-01-01" / "hand.jsonl"
+    segment.parent.mkdir()
+    good = hand_line("generation_reused", "2099-01-01T00:00:00.000000Z", gen_id="d9")
+    segment.write_text(hand_line(type, "2099-01-01T00:00:00.000000Z", **fields) + good)
+    assert ("NaN" in segment.read_text()) == ("NaN" in case)  # json.dumps writes NaN as the bare word
+
+    with pytest.raises(EventLogError, match=rf"{re.escape(str(segment))}:1: malformed event \("):
+        replay(tmp_path / "events", tmp_path / "tables")
+    stats = replay(tmp_path / "events", tmp_path / "tables", skip_bad=True)
+    assert len(stats.read.bad) == 1 and stats.read.bad[0].startswith(f"{segment}:1: "), stats.read.bad
+    assert stats.read.events == N_EVENTS + 1  # the good line after it is kept
+    scores = [r["score"] for r in rows(tmp_path / "tables", "scores_long")]
+    assert scores == [r["score"] for r in rows(tmp_path / "plain", "scores_long")]
+
+
+def test_cli_reports_a_bad_payload_by_file_and_line(tmp_path, capsys):
+    write_full_log(tmp_path / "events")
+    (tmp_path / "events" / "x.jsonl").write_text(
+        hand_line("score_parsed", "2099", gen_id="v1", stage="evaluation", score="abc"))
+    assert replay_main(["--data-root", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "x.jsonl:1" in err and "score" in err and "Traceback" not in err
+    assert replay_main(["--data-root", str(tmp_path), "--skip-bad"]) == 0
+    assert "1 bad lines skipped" in capsys.readouterr().out

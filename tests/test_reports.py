@@ -210,8 +210,8 @@ def test_top_essays_keeps_n_and_breaks_ties_by_count_then_id():
 def test_summary_page(report_a, paths):
     summary, _ = report_a
     text = summary.read_text()
-    assert md_row(text, "draft") == ["draft", "2", "2", "0", "0"]
-    assert md_row(text, "evaluation")[:5] == ["evaluation", "10", "8", "1", "1"]
+    assert md_row(text, "draft") == ["draft", "2", "2", "0", "0", "0"]  # members done failed blocked pending
+    assert md_row(text, "evaluation")[:6] == ["evaluation", "10", "8", "1", "0", "1"]
     # one failed attempt plus 14 calls at 0.5 each, 10 + 20 tokens
     assert md_row(text, "total") == ["total", "14", "1", "140", "280", "7.0000"]
     assert "## Failures (1)" in text and f"`{A_FAILED['gen_id']}`: ParseError: no score in the last line" in text
@@ -239,7 +239,7 @@ def test_cohort_without_scores_or_evaluations(paths):
     (results / "notes.txt").write_text("a researcher's notes")
     text = write_cohort_report(paths, "unscored").read_text()
     assert "No scores yet: none of the 1 evaluations has a parsed score." in text
-    assert md_row(text, "evaluation")[:5] == ["evaluation", "1", "0", "0", "1"]
+    assert md_row(text, "evaluation")[:6] == ["evaluation", "1", "0", "0", "0", "1"]
     reports = paths.reports_dir("unscored")
     assert read(reports / "scores_long.csv").empty and read(reports / "top_essays.csv").empty
     assert "has an evaluation score yet" in (results / "README.md").read_text()

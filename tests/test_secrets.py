@@ -8,7 +8,7 @@ import pytest
 
 import pipeline.stub_server as stub_server
 
-from conftest import SPEC_24, output_of, run_daydream, run_luigi, write_spec
+from conftest import SMALL, SPEC_24, output_of, run_daydream, run_luigi, write_spec
 from trust_checks import luigid
 
 pytestmark = pytest.mark.slow
@@ -65,3 +65,84 @@ def test_api_key_appears_nowhere(tmp_path, project, make_stub):
                 leaks[str(path)] = leaks_in(path.read_bytes())
     leaks = {where: found for where, found in leaks.items() if found}
     assert not leaks, f"the API key leaked into: {leaks}"
+
+
+# --- a key with stray whitespace or control characters; a provider echoing it escaped ------------
+
+def spellings(key) -> list:
+    """``key`` as a leak could spell it: literally, JSON \\u-escaped (either hex case), %-encoded,
+    and the middle part alone (so a key cut short is caught too)."""
+    escaped = "".join(f"\\u{ord(c):04x}" for c in key)
+    middle = key[len(key) // 3: 2 * len(key) // 3]
+    return [key.encode(), escaped.encode(), escaped.upper().replace("\\U", "\\u").encode(),
+            "".join(f"%{ord(c):02X}" for c in key).encode(), middle.encode()]
+
+
+def assert_nowhere(project, key, *results):
+    found = {}
+    for i, result in enumerate(results):
+        text = (result.stdout + result.stderr).encode()
+        found[f"output of command {i}"] = [s for s in spellings(key) if s in text]
+    for path in project.root.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            found[str(path)] = [s for s in spellings(key) if s in blob]
+    found = {where: hits for where, hits in found.items() if hits}
+    assert not found, f"the API key leaked into: {found}"
+
+
+def recording_stub(make_stub, faults):
+    srv = make_stub(faults=faults)
+    srv._httpd.auth_headers = []
+    srv._httpd.RequestHandlerClass = _AuthRecorder
+    return srv
+
+
+def test_key_from_a_crlf_env_file_is_stripped_and_appears_nowhere(project, make_stub):
+    """OPENROUTER_API_KEY ends in \\r (a .env file with CRLF lines): the key is used without it,
+    the run completes, and the key is nowhere even though the server echoes the headers."""
+    write_spec(project, "c1", SMALL)
+    srv = recording_stub(make_stub, lambda index, body: {0: "429-ra0", 2: "500-echo-escaped"}.get(index))
+    run = run_luigi(project, "RunCohort", "--cohort-id", "c1", base_url=srv.base_url,
+                    env={"OPENROUTER_API_KEY": KEY + "\r"}, timeout=90)
+    assert run.returncode == 0, output_of(run)
+    assert set(srv._httpd.auth_headers) == {f"Bearer {KEY}"}
+    status = run_daydream(project, "status", "c1")
+    assert status.returncode == 0, output_of(status)
+    assert_nowhere(project, KEY, run, status)
+
+
+def test_key_echoed_unicode_escaped_in_a_json_error_is_scrubbed(project, make_stub):
+    """A provider quotes the key \\u-escaped in a JSON error body until the draft gives up: the
+    decoded message is scrubbed before it reaches metadata, failed.json, events, reports or output."""
+    write_spec(project, "c1", SMALL)
+    srv = recording_stub(make_stub, lambda index, body: "500-echo-escaped" if index < 2 else None)
+    run = run_luigi(project, "RunCohort", "--cohort-id", "c1", "--llm-max-attempts", "2",
+                    base_url=srv.base_url, env={"OPENROUTER_API_KEY": KEY}, timeout=90)
+    assert run.returncode == 30, output_of(run)
+    failed = [m for m in project.data_root.glob("gens/draft/*/metadata.json") if "failed" in m.read_text()]
+    assert len(failed) == 1 and "Authorization: Bearer ***" in failed[0].read_text(), \
+        "the echo should have reached the error message (scrubbed)"
+    status = run_daydream(project, "status", "c1")
+    assert_nowhere(project, KEY, run, status)
+
+
+def test_key_with_a_control_character_is_refused_without_a_request(project, make_stub):
+    """A key with a control character inside is refused with a message naming the variable (never
+    the key): no request is sent, nothing is retried, and it is not called a connection error."""
+    bad_key = "sk-or-FAKE-1234\x01abcd-DO-NOT-LEAK"
+    write_spec(project, "c1", SMALL)
+    srv = make_stub()
+    run = run_luigi(project, "RunCohort", "--cohort-id", "c1", base_url=srv.base_url,
+                    env={"OPENROUTER_API_KEY": bad_key}, timeout=90)
+    assert run.returncode == 30, output_of(run)
+    assert srv.requests == []
+    assert not [e for e in project.events() if e["type"] == "llm_call_failed"]
+    for row in project.membership("c1", "draft"):
+        meta = project.meta("draft", row["gen_id"])
+        assert "OPENROUTER_API_KEY" in meta["error"] and "control characters" in meta["error"], meta
+        assert "connection" not in meta["error"].lower(), meta
+    status = run_daydream(project, "status", "c1")
+    assert "OPENROUTER_API_KEY" in status.stdout, output_of(status)
+    for part in ("sk-or-FAKE-1234", "abcd-DO-NOT-LEAK"):
+        assert_nowhere(project, part, run, status)

@@ -10,6 +10,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -98,13 +99,18 @@ def assert_paid_once(project, cohort_id, srv, extra=()):
     assert not diff, f"(successful answers, expected) per prompt sha differ: {diff}"
 
 
+def is_temp_file(name) -> bool:
+    """A temporary file of pipeline.fsio (``.<name>.<random>.tmp-<host>-<pid>``) or any other ``*.tmp``."""
+    return re.search(r"\.tmp(-[^/]*)?$", name) is not None
+
+
 def assert_store_whole(project, tmp_ok=False):
     """What a crash must never leave behind: unparsable JSON, empty outputs, bad event lines (a segment
     may end in one torn line: its writer died mid-write), or temp files. ``tmp_ok``: right after a
     SIGKILL, temp files of writes cut short are expected (never under a target's name); a later
     run must have cleaned them up."""
     data = project.data_root
-    leftovers = [str(p) for p in data.rglob("*") if p.name.endswith(".tmp")]
+    leftovers = [str(p) for p in data.rglob("*") if is_temp_file(p.name)]
     if tmp_ok:
         assert all(os.path.basename(p).startswith(".") for p in leftovers), leftovers
     else:
