@@ -11,6 +11,7 @@
     daydream design SPEC_FILE       # a spec's design rows (csv or jsonl), the original's compiler
     daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
     daydream reparse [--cohort ID] [STAGE ID ...]   # parse saved answers again, no LLM call
+    daydream build-cohort-from-list --cohort-id X           # a cohort of the selected essays
 """
 import argparse
 import sys
@@ -179,6 +180,12 @@ def cmd_reparse(args):
     return 1 if failed else 0
 
 
+def cmd_build_cohort_from_list(args):
+    from .curation import build_cohort_from_list
+
+    return build_cohort_from_list(_paths(args), args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,6 +259,18 @@ def build_parser():
     p.add_argument("--all", action="store_true", help="with --cohort: also those already parsed")
     _add_roots(p)
     p.set_defaults(func=cmd_reparse)
+
+    # the original's scripts/build_cohort_from_list.py: same flags, defaults, membership and messages
+    p = sub.add_parser("build-cohort-from-list", help="make a cohort of existing essays picked in a candidate list "
+                       "(<data-root>/cohorts/<id>/membership.csv; nothing is regenerated)")
+    p.add_argument("--cohort-id", required=True, help="the cohort to write under <data-root>/cohorts/<id>/")
+    p.add_argument("--candidate-list", help="the edited list (default: <data-root>/curation/top_essay_candidates.csv)")
+    p.add_argument("--aggregated-scores", help="where the evaluation ids come from "
+                   "(default: <data-root>/7_cross_experiment/aggregated_scores.csv)")
+    p.add_argument("--template", help="evaluation template (default: the one named in the candidate list)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing membership.csv of the cohort")
+    _add_roots(p)
+    p.set_defaults(func=cmd_build_cohort_from_list)
     return parser
 
 

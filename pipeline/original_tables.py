@@ -518,6 +518,8 @@ def select_top_essays(data_root, args) -> int:
         raise PipelineError(f"output already exists at {output}; rerun with --overwrite or set --output")
     write_text_atomic(output, to_csv_text(candidates))
     print(f"Wrote candidate list with {len(candidates)} essays to {output}")
-    print("Edit the 'selected' column as needed, then run "
-          "scripts/build_cohort_from_list.py to generate the cohort spec.")
+    command = f"daydream build-cohort-from-list --cohort-id {args.cohort_id.strip()}"
+    if args.output:
+        command += f" --candidate-list {output}"
+    print(f"Edit the 'selected' column as needed, then run `{command}` to make the cohort.")
     return 0
