@@ -55,8 +55,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def rejects_a_quarter(index, body):
-    """HTTP 400 (not retried) for prompts whose sha256 starts with 0-3: the same ones every run."""
+    """HTTP 400 (not retried) for prompts whose sha256 starts with 0-3, and for every clarity-v1
+    judgement by Gemini (so some evaluations of finished essays fail): the same ones every run."""
     prompt = body["messages"][0]["content"]
+    if body["model"] == "google/gemini-2.5-flash" and prompt.startswith("Rate how clear"):
+        return "400"
     return "400" if hashlib.sha256(prompt.encode()).hexdigest()[0] in "0123" else None
 
 
@@ -145,12 +148,12 @@ def check_self_contained(text):
     assert not re.search(r'\b(src|href)="(?!#)', text)
 
 
-def check_heatmap_table(project, cohort_id, text):
+def check_heatmap_table(project, cohort_id, text, cells=4):
     """The judge heatmap's table holds mean and mean ± 1.96·sd/√n of each cell, recomputed
     here from the cohort's scores_long.csv."""
     scores = pd.read_csv(project.data_root / "cohorts" / cohort_id / "reports" / "scores_long.csv")
     groups = scores.groupby(["evaluation_template", "evaluation_llm"])
-    assert groups.ngroups == 4
+    assert groups.ngroups == cells
     for (template, llm), group in groups:
         s = group["score"]
         half = 1.96 * s.std() / len(s) ** 0.5
@@ -187,7 +190,7 @@ def test_cohort_with_failures_report(runs, tmp_path):
     for gen_id in failed & evaluations:   # shown failed in the essay browser, with the error
         entry = text.split(f'id="judge-{gen_id}"', 1)[1].split("</details>", 1)[0]
         assert '<span class="failed">failed</span>' in entry and '<p class="failed">' in entry
-    check_heatmap_table(project, "faulty", text)
+    check_heatmap_table(project, "faulty", text, cells=3)  # clarity-v1 by Gemini always fails
     # an answer is model output: its <essay> tag is shown as text, never parsed as markup
     assert "&lt;essay&gt;" in text and "<essay>" not in text
 
