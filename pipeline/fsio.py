@@ -85,13 +85,13 @@ def write_json_atomic(path, obj, fsync: bool = True) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", fsync)
 
 
-def write_text_once(path, text: str) -> bool:
+def write_text_once(path, text: str, fsync: bool = True) -> bool:
     """Create ``path`` with ``text`` unless it exists. Returns True if this call wrote it.
 
-    Used for paid LLM responses: os.link fails if the target exists, so two writers racing
-    can never overwrite each other."""
+    Used for paid LLM responses and claims: os.link fails if the target exists, so two writers
+    racing can never overwrite each other."""
     path = Path(path)
-    tmp = _write_tmp(path, text.encode("utf-8"))
+    tmp = _write_tmp(path, text.encode("utf-8"), fsync)
     try:
         os.link(tmp, path)
         return True

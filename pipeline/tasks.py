@@ -9,6 +9,11 @@ scheduler and the same --workers: a Luigi scheduler holds every task it has seen
 exits, so one scheduler for a whole cohort costs O(n^2) (see bench/scale_bench.py). With a central
 luigid it yields the chunks as dynamic dependencies instead, so that luigid hands each generation
 to exactly one worker. Completion is checked in bulk, from files on disk.
+
+Several runs may overlap (on one machine or many sharing data/): each generation is bought under a
+claim (claims.py), a run skips what another live process is buying and waits for it before it
+finishes. Every task carries its process's run id, so that with a shared luigid each process runs
+its own tasks and luigi's exit code speaks for that process (see ``_RunTask``).
 """
 import logging
 import os
@@ -21,9 +26,9 @@ import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 from luigi.interface import core
 
-from . import generation
+from . import claims, generation, lifeline
 from .catalog import load_catalog
-from .config import pipeline as pipeline_config
+from .config import llm as llm_config, pipeline as pipeline_config
 from .errors import PipelineError
 from .events import EventLog
 from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic
@@ -38,6 +43,9 @@ log = logging.getLogger("luigi-interface")
 # run counts as finished for this run (so the cohort goes on), and is retried by the next run.
 RUN_ID = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 RUN_STARTED = generation.now_iso()
+lifeline.install()  # task processes forked from here on die with their parent
+# how often a run looks again at generations other processes are buying
+WAIT_POLL_S = 1.0
 
 _CONTEXT = {}
 _PATHS = []  # [(key, Paths)]: the last config seen and its Paths
@@ -63,10 +71,20 @@ def context(cohort_id=None):
         _CONTEXT[key] = generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
                                               Backends.from_config(paths.data_root))
     ctx = _CONTEXT[key]
-    return generation.GenContext(ctx.paths, ctx.catalog, ctx.events, ctx.backends, cohort_id)
+    return generation.GenContext(ctx.paths, ctx.catalog, ctx.events, ctx.backends, cohort_id, RUN_ID,
+                                 llm_config().claim_lease_s)
 
 
-class BuildCohort(luigi.Task):
+class _RunTask(luigi.Task):
+    """A task of this luigi process. Luigi counts a task of this process that another worker ran as
+    "run by another worker" or "not run" and exits non-zero (luigi.cfg [retcode]), even when all is
+    done; with the run id in every task id, processes sharing a luigid never share a task, and
+    claims, not the scheduler, keep them from buying the same generation."""
+
+    run_id = luigi.Parameter(default=RUN_ID, description="defaults to this process's run id")
+
+
+class BuildCohort(_RunTask):
     """Compile the spec into data/cohorts/<id>/membership.csv + manifest.json and seed metadata."""
 
     cohort_id = luigi.Parameter()
@@ -86,7 +104,7 @@ class BuildCohort(luigi.Task):
         self.set_status_message(f"{cohort.counts} ({'changed' if changed else 'unchanged'})")
 
 
-class _GenerationTask(luigi.Task):
+class _GenerationTask(_RunTask):
     gen_id = luigi.Parameter()
     cohort_id = luigi.Parameter(default="", significant=False)
     # RunCohort sets this: a failed generation is recorded and the cohort goes on
@@ -133,7 +151,11 @@ class _GenerationTask(luigi.Task):
         gdir = self._paths.gen_dir(self.stage, self.gen_id)
         if (gdir / "parsed.txt").exists():
             return True
-        return self.keep_going and store.failed_in_run(gdir, RUN_ID)
+        if self.__dict__.pop("_deferred", False):
+            return True  # luigi's check right after run() found it claimed elsewhere (that claim may be gone by now)
+        # failed, or being bought by another process: finished as far as this pass of RunCohort goes
+        return self.keep_going and (store.failed_in_run(gdir, RUN_ID) or
+                                    generation.waiting_on(self._paths, self.stage, self.gen_id) is not None)
 
     def run(self):
         ctx = context(self.cohort_id or None)
@@ -142,6 +164,13 @@ class _GenerationTask(luigi.Task):
         started = time.monotonic()
         try:
             outcome = generation.run_generation(ctx, self.stage, self.gen_id)
+        except claims.ClaimedElsewhere as busy:
+            if not self.keep_going:
+                raise PipelineError(f"{busy}; run it again once that process is done") from None
+            log.info("skipped for now: %s", busy)
+            self.set_status_message(f"claimed elsewhere: {busy}")
+            self._deferred = True
+            return
         except PipelineError as exc:
             log.warning("FAILED %s %s: %s", self.stage, self.gen_id, exc)
             if not self.keep_going:
@@ -171,7 +200,7 @@ class EvaluationTask(_GenerationTask):
 TASK_BY_STAGE = {"draft": DraftTask, "essay": EssayTask, "evaluation": EvaluationTask}
 
 
-class ReplayResults(luigi.Task):
+class ReplayResults(_RunTask):
     """Fold the event log into data/tables/. ``log_state`` names the log contents it reflects."""
 
     log_state = luigi.Parameter(default="")
@@ -195,7 +224,7 @@ class ReplayResults(luigi.Task):
         self.set_status_message(str(stats))
 
 
-class CohortReport(luigi.Task):
+class CohortReport(_RunTask):
     """Reports for one cohort under data/cohorts/<id>/reports/, from the replayed tables."""
 
     cohort_id = luigi.Parameter()
@@ -246,7 +275,21 @@ def _central_scheduler():
     return not core().local_scheduler
 
 
-class RunCohort(luigi.Task):
+def _claimed_elsewhere(paths, rows):
+    """{gen_id: ClaimedElsewhere} of the pending ``rows`` (parents first) that another live process
+    is buying, or whose unfinished parent it is buying."""
+    busy = {}
+    for row in rows:
+        gdir = paths.gen_dir(row["stage"], row["gen_id"])
+        owner = claims.holder(gdir)
+        if owner is not None:
+            busy[row["gen_id"]] = claims.ClaimedElsewhere(gdir, owner)
+        elif row["parent_gen_id"] in busy:
+            busy[row["gen_id"]] = busy[row["parent_gen_id"]]
+    return busy
+
+
+class RunCohort(_RunTask):
     """Run every generation of a cohort, then replay the log and write the cohort's reports."""
 
     cohort_id = luigi.Parameter()
@@ -267,6 +310,16 @@ class RunCohort(luigi.Task):
         return not store.pending(paths, rows) and \
             read_json(out.path).get("membership_sha256") == store.file_sha256(paths.membership_csv(self.cohort_id))
 
+    def _wait_for_others(self, total, todo, busy):
+        """Sleep while other live processes buy what is left; say so now and then."""
+        message = (f"{total - len(todo)}/{total} generations finished; waiting for {len(busy)} that other "
+                   f"processes are buying (e.g. {next(iter(busy.values()))})")
+        self.set_status_message(message)
+        if time.monotonic() - self.__dict__.get("_said_at", -1e9) >= 10:
+            log.info("cohort %s: %s", self.cohort_id, message)
+            self._said_at = time.monotonic()
+        time.sleep(WAIT_POLL_S)
+
     def run(self):
         paths = config_paths()
         rows = read_membership(paths.membership_csv(self.cohort_id))
@@ -274,19 +327,26 @@ class RunCohort(luigi.Task):
         total = len(rows)
         todo = store.pending(paths, rows, run_id=RUN_ID)
         central = _central_scheduler()
+        stalled = 0
         while todo:
-            for start in range(0, len(todo), size):
+            busy = _claimed_elsewhere(paths, todo)
+            ready = [r for r in todo if r["gen_id"] not in busy]
+            for start in range(0, len(ready), size):
                 done = total - len(todo) + start
                 self.set_progress_percentage(round(100 * done / max(total, 1)))
                 self.set_status_message(f"{done}/{total} generations finished")
                 tasks = [TASK_BY_STAGE[r["stage"]](gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
-                         for r in todo[start:start + size]]
+                         for r in ready[start:start + size]]
                 if central:
-                    yield tasks  # dynamic dependencies: luigid hands each one to exactly one worker
+                    yield tasks  # dynamic dependencies: luigid shares them out among this process's workers
                 else:
                     _build_chunk(tasks)
+            if busy and not ready:
+                self._wait_for_others(total, todo, busy)
             left = store.pending(paths, rows, run_id=RUN_ID)
-            if len(left) == len(todo):
+            # a pass that finished nothing is normal while others work; twice with nobody to wait for, it is a bug
+            stalled = 0 if busy or len(left) < len(todo) else stalled + 1
+            if stalled >= 2:
                 raise PipelineError(f"cohort {self.cohort_id}: {len(left)} generation(s) neither finished nor "
                                     f"failed cleanly (e.g. {left[0]['stage']} {left[0]['gen_id']}); see the log "
                                     f"above for the error")
