@@ -5,15 +5,14 @@
     luigi --module pipeline EvaluationTask --gen-id v_abc --local-scheduler
 
 RunCohort runs the generations in chunks ([pipeline] chunk_size), each chunk with a fresh local
-scheduler and the same --workers: a Luigi scheduler holds every task it has seen until its worker
-exits, so one scheduler for a whole cohort costs O(n^2) (see bench/scale_bench.py). With a central
-luigid it yields the chunks as dynamic dependencies instead, so that luigid hands each generation
-to exactly one worker. Completion is checked in bulk, from files on disk.
+scheduler and the same --workers, also when the run talks to a luigid: a Luigi scheduler holds
+every task it has seen until its worker exits, so one scheduler for a whole cohort costs O(n^2)
+(see bench/scale_bench.py). Completion is checked in bulk, from files on disk.
 
-Several runs may overlap (on one machine or many sharing data/): each generation is bought under a
-claim (claims.py), a run skips what another live process is buying and waits for it before it
-finishes. Every task carries its process's run id, so that with a shared luigid each process runs
-its own tasks and luigi's exit code speaks for that process (see ``_RunTask``).
+Several runs may overlap (on one machine or many sharing data/, with or without a luigid): each
+generation is bought under a claim (claims.py); a run skips what another live process is buying
+and waits for it before it finishes. Every task carries its process's run id, so that processes
+sharing a luigid never share a task and luigi's exit code speaks for each process (``_RunTask``).
 """
 import logging
 import os
@@ -76,10 +75,10 @@ def context(cohort_id=None):
 
 
 class _RunTask(luigi.Task):
-    """A task of this luigi process. Luigi counts a task of this process that another worker ran as
-    "run by another worker" or "not run" and exits non-zero (luigi.cfg [retcode]), even when all is
-    done; with the run id in every task id, processes sharing a luigid never share a task, and
-    claims, not the scheduler, keep them from buying the same generation."""
+    """A task of this luigi process. When a luigid hands a task this process scheduled to another
+    process, luigi's summary calls it "run by another worker" or "not run" and the exit code is
+    non-zero (luigi.cfg [retcode]) although everything is done. With the run id in every task id,
+    processes sharing a luigid never share a task; claims keep them from buying the same generation."""
 
     run_id = luigi.Parameter(default=RUN_ID, description="defaults to this process's run id")
 
@@ -269,12 +268,6 @@ def _build_chunk(tasks):
         log.warning("some generations of this chunk did not finish; see the log above")
 
 
-def _central_scheduler():
-    """True when this run talks to a luigid: then every generation must go through it, so that
-    workers on several machines never run the same one."""
-    return not core().local_scheduler
-
-
 def _claimed_elsewhere(paths, rows):
     """{gen_id: ClaimedElsewhere} of the pending ``rows`` (parents first) that another live process
     is buying, or whose unfinished parent it is buying."""
@@ -326,7 +319,6 @@ class RunCohort(_RunTask):
         size = self.chunk_size or pipeline_config().chunk_size
         total = len(rows)
         todo = store.pending(paths, rows, run_id=RUN_ID)
-        central = _central_scheduler()
         stalled = 0
         while todo:
             busy = _claimed_elsewhere(paths, todo)
@@ -337,10 +329,7 @@ class RunCohort(_RunTask):
                 self.set_status_message(f"{done}/{total} generations finished")
                 tasks = [TASK_BY_STAGE[r["stage"]](gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
                          for r in ready[start:start + size]]
-                if central:
-                    yield tasks  # dynamic dependencies: luigid shares them out among this process's workers
-                else:
-                    _build_chunk(tasks)
+                _build_chunk(tasks)
             if busy and not ready:
                 self._wait_for_others(total, todo, busy)
             left = store.pending(paths, rows, run_id=RUN_ID)
