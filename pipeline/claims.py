@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .fsio import write_bytes_atomic, write_text_once
+from .lifeline import process_start
 
 _NAME = re.compile(r"^claim\.(\d+)\.json$")
 
@@ -35,13 +36,6 @@ def _read(path):
         return Path(path).read_text(encoding="ascii").strip()
     except OSError:
         return ""
-
-
-def _start_ticks(pid):
-    """Start time of ``pid`` (clock ticks since boot), to tell a live owner from a reused pid."""
-    stat = _read(f"/proc/{pid}/stat")
-    # the command name (field 2) may hold spaces and parentheses: count fields after its ")"
-    return stat.rsplit(")", 1)[1].split()[19] if ")" in stat else ""
 
 
 # what makes a pid meaningful: same host name, same boot, same pid namespace
@@ -102,7 +96,7 @@ def is_live(doc, now=None) -> bool:
             return True  # another machine (or container): its pid means nothing here
         # this process holds one claim at a time, and releases it on the way out: one of its own
         # found here was left by a failed release
-        return int(doc["pid"]) != os.getpid() and _start_ticks(int(doc["pid"])) == doc["pid_start"]
+        return int(doc["pid"]) != os.getpid() and process_start(doc["pid"]) == doc["pid_start"]
     except (KeyError, TypeError, ValueError):
         return False
 
@@ -119,7 +113,7 @@ def holder(gen_dir, now=None):
 def _doc(lease_s, run_id):
     now = time.time()
     return {"host": HOST, "boot_id": _MACHINE[0], "pid_ns": _MACHINE[1], "pid": os.getpid(),
-            "pid_start": _start_ticks(os.getpid()), "run_id": run_id, "token": uuid.uuid4().hex,
+            "pid_start": process_start(os.getpid()), "run_id": run_id, "token": uuid.uuid4().hex,
             "lease_s": lease_s, "claimed_at": now, "expires_at": now + lease_s}
 
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import StoreError
+from .lifeline import process_start
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
 _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
@@ -61,6 +62,9 @@ def remove_stale_tmp(folder) -> int:
 def _alive(pid):
     if pid == os.getpid():
         return True
+    start = process_start(pid)
+    if start is not None:
+        return bool(start)  # a zombie counts as dead: it writes nothing more
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

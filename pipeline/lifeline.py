@@ -11,7 +11,6 @@ other systems).
     >>> check_parent()     # raises ParentGone in a child whose parent has died
 """
 import ctypes
-import ctypes.util
 import os
 import signal
 
@@ -28,7 +27,7 @@ class ParentGone(BaseException):
 
 def _prctl():
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+        return ctypes.CDLL(None, use_errno=True).prctl  # libc, already loaded into this process
     except (OSError, AttributeError):
         return None  # not Linux: check_parent() alone
 
@@ -46,6 +45,22 @@ def _in_child():
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if _parent and os.getppid() != _parent[0]:
         os._exit(1)  # the parent died before the request above took effect
+
+
+def process_start(pid):
+    """Start time of process ``pid`` (clock ticks since boot): it tells a live process from a later
+    one that reused its pid. "" if no such process is running (a zombie has stopped running);
+    None where there is no /proc to ask."""
+    try:
+        with open(f"/proc/{int(pid)}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return "" if os.path.isdir("/proc/self") else None
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: count fields after its last ")"
+    fields = stat.rsplit(")", 1)[1].split()
+    return "" if fields[0] in ("Z", "X") else fields[19]
 
 
 def install():

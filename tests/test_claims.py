@@ -7,6 +7,7 @@ import time
 import pytest
 
 from pipeline import claims
+from pipeline.lifeline import process_start
 
 
 def _race(gen_dir, start_at, lease_s, out):
@@ -121,7 +122,7 @@ def test_held_claim_is_renewed_while_in_use_and_ended_after(tmp_path):
         time.sleep(0.5)  # longer than the lease: only renewal keeps it
         assert _doc_of(claim.path)["expires_at"] > first
         assert claims.is_live({**_doc_of(claim.path), "pid": os.getppid(),
-                               "pid_start": claims._start_ticks(os.getppid())})
+                               "pid_start": process_start(os.getppid())})
     # not done: the file stays (claim numbers keep growing) with its lease ended
     assert not claims.is_live({**_doc_of(claim.path), "pid": os.getppid()})
     with claims.held(tmp_path, lease_s=60, done=lambda: True) as second:

@@ -104,7 +104,8 @@ def assert_store_whole(project, tmp_ok=False):
     SIGKILL, temp files of writes cut short are expected (never under a target's name); a later
     run must have cleaned them up."""
     data = project.data_root
-    leftovers = [str(p) for p in data.rglob("*") if p.name.endswith(".tmp")]
+    # fsio names temporary files .<name>.<random>.tmp-<host>-<pid>
+    leftovers = [str(p) for p in data.rglob("*") if ".tmp-" in p.name or p.name.endswith(".tmp")]
     if tmp_ok:
         assert all(os.path.basename(p).startswith(".") for p in leftovers), leftovers
     else:
