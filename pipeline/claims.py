@@ -38,9 +38,16 @@ def _read(path):
         return ""
 
 
+def _link(path):
+    try:
+        return os.readlink(path)  # "pid:[4026531836]": the same for every process of a pid namespace
+    except OSError:
+        return ""
+
+
 # what makes a pid meaningful: same host name, same boot, same pid namespace
 HOST = socket.gethostname()
-_MACHINE = (_read("/proc/sys/kernel/random/boot_id"), os.path.realpath("/proc/self/ns/pid"))
+_MACHINE = (_read("/proc/sys/kernel/random/boot_id"), _link("/proc/self/ns/pid"))
 
 
 class ClaimedElsewhere(Exception):

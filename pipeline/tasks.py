@@ -277,7 +277,7 @@ def _claimed_elsewhere(paths, rows):
         owner = claims.holder(gdir)
         if owner is not None:
             busy[row["gen_id"]] = claims.ClaimedElsewhere(gdir, owner)
-        elif row["parent_gen_id"] in busy:
+        elif row.get("parent_gen_id") in busy:
             busy[row["gen_id"]] = busy[row["parent_gen_id"]]
     return busy
 

@@ -201,6 +201,8 @@ def test_killing_only_the_main_process_stops_its_workers(project, make_stub, ref
     finally:
         kill_group(proc)
     assert rerun.returncode == 0, output_of(rerun)
+    # the dead workers' claims were taken over at once, not after their lease
+    assert "waiting for" not in rerun.stdout + rerun.stderr, output_of(rerun)
     wait_answered(srv, admitted)
     assert len(admitted) == SPEC_24_CALLS + len(lost)
     assert_paid_once(project, "c1", srv, extra=lost)
