@@ -15,6 +15,7 @@ Owners on other machines are judged by the lease alone: their pid means nothing 
 of machines sharing data/ must therefore agree to well within the lease (NTP does).
 """
 import json
+import logging
 import os
 import re
 import socket
@@ -25,9 +26,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import StoreError
 from .fsio import write_bytes_atomic, write_text_once
 from .lifeline import process_start
 
+log = logging.getLogger("luigi-interface")
 _NAME = re.compile(r"^claim\.(\d+)\.json$")
 
 
@@ -194,9 +197,13 @@ def held(gen_dir, lease_s, run_id="", done=lambda: False):
     stop = threading.Event()
 
     def keep_renewing():
-        while not stop.wait(lease_s / 3):
-            if not renew(claim, lease_s):
-                return
+        try:
+            while not stop.wait(max(lease_s / 3, 0.05)):
+                if not renew(claim, lease_s):
+                    log.warning("%s: claim lost to another process (its lease ran out)", claim.path)
+                    return
+        except StoreError as exc:
+            log.warning("%s; the claim ends with its lease", exc)
 
     renewer = threading.Thread(target=keep_renewing, name=f"claim-{Path(gen_dir).name}", daemon=True)
     renewer.start()
@@ -205,4 +212,8 @@ def held(gen_dir, lease_s, run_id="", done=lambda: False):
     finally:
         stop.set()
         renewer.join()
-        release(claim, done())
+        try:
+            release(claim, done())
+        except StoreError as exc:
+            # the claim then ends with its lease; an error that brought us here matters more
+            log.warning("%s; the claim ends with its lease", exc)
