@@ -5,7 +5,8 @@ chunks). If the parent is killed, such a child would go on buying generations on
 the rerun the user starts. ``install()`` makes every later fork of this process, and of its
 children, ask Linux for SIGKILL when its parent dies (PR_SET_PDEATHSIG); ``check_parent()``, run
 before each claim, catches what the signal cannot (a parent that died before the child asked,
-other systems).
+other systems). Linux sends the signal when the *thread* that forked exits; luigi forks its task
+processes from the main thread, which lives as long as the process.
 
     >>> install()          # once, in the luigi process (pipeline.tasks does it)
     >>> check_parent()     # raises ParentGone in a child whose parent has died
