@@ -136,21 +136,20 @@ def acquire(gen_dir, lease_s, run_id="") -> Claim:
     gen_dir = Path(gen_dir)
     while True:
         current = _claims(gen_dir)[:1]
-        top = current[0][0] if current else 0
-        if current:
-            doc = _load(current[0][1])
-            if doc is None:
-                continue  # cleaned up under our feet: look again
+        top, doc = (current[0][0], _load(current[0][1])) if current else (0, {})
+        while doc is not None:
             if is_live(doc):
                 raise ClaimedElsewhere(gen_dir, doc)
-        mine = _doc(lease_s, run_id)
-        path = gen_dir / f"claim.{top + 1}.json"
-        if write_text_once(path, _dump(mine), fsync=False):
-            for _, older in _claims(gen_dir):
-                if older != path:
-                    _unlink(older)  # superseded: only stale claims are ever older
-            return Claim(path, mine)
-        # another process created claim top + 1 first: judge that one
+            mine = _doc(lease_s, run_id)
+            path = gen_dir / f"claim.{top + 1}.json"
+            if write_text_once(path, _dump(mine), fsync=False):
+                for _, older in _claims(gen_dir):
+                    if older != path:
+                        _unlink(older)  # superseded: only stale claims are ever older
+                return Claim(path, mine)
+            # another process created that claim first: judge it (no need to trust a directory listing)
+            top, doc = top + 1, _load(path)
+        # a claim vanished under our feet (its owner finished): look again
 
 
 def _unlink(path):
