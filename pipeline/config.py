@@ -24,3 +24,4 @@ class llm(luigi.Config):  # noqa: N801
     local_threads = luigi.IntParameter(default=2)
     rpm_llm_free = luigi.IntParameter(default=0, description="requests per minute for :free models; 0: no limit")
     rpm_llm_paid = luigi.IntParameter(default=0, description="requests per minute for paid models; 0: no limit")
+    claim_lease_s = luigi.FloatParameter(default=60.0, description="lease of a generation's claim; renewed every third of it")

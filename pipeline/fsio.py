@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import StoreError
+from .lifeline import process_start
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
 _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
@@ -78,6 +79,9 @@ def remove_stale_tmp(folder) -> int:
 def _alive(pid):
     if pid == os.getpid():
         return True
+    start = process_start(pid)
+    if start is not None:
+        return bool(start)  # a zombie counts as dead: it writes nothing more
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,13 +106,13 @@ def write_json_atomic(path, obj, fsync: bool = True) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", fsync)
 
 
-def write_text_once(path, text: str) -> bool:
+def write_text_once(path, text: str, fsync: bool = True) -> bool:
     """Create ``path`` with ``text`` unless it exists. Returns True if this call wrote it.
 
-    Used for paid LLM responses: os.link fails if the target exists, so two writers racing
-    can never overwrite each other."""
+    Used for paid LLM responses and claims: os.link fails if the target exists, so two writers
+    racing can never overwrite each other."""
     path = Path(path)
-    tmp = _write_tmp(path, text.encode("utf-8"))
+    tmp = _write_tmp(path, text.encode("utf-8"), fsync)
     try:
         os.link(tmp, path)
         return True

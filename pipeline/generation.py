@@ -5,7 +5,9 @@ parse, and write the files, emitting events as it goes. Luigi tasks are a thin s
     >>> run_generation(ctx, "draft", "d_1a2b3c")      # -> "completed" | "reused" | "copied" | "done"
 
 Files under data/gens/<stage>/<gen_id>/: prompt.txt, raw.txt (write-once: a paid response is
-never overwritten), parsed.txt (the target; evaluations hold the score, e.g. "7.0"), metadata.json.
+never overwritten), parsed.txt (the target; evaluations hold the score, e.g. "7.0"), metadata.json,
+and claim.<n>.json while a process works on it (see claims.py): a generation another live process
+has claimed raises ClaimedElsewhere, which is not a failure.
 """
 import hashlib
 import os
@@ -13,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from . import parsers, prompts
+from . import claims, lifeline, parsers, prompts
 from .errors import ParseError, PipelineError, StoreError
 from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic, write_text_once
 
@@ -27,6 +29,8 @@ class GenContext:
     events: object
     backends: object
     cohort_id: str | None = None
+    run_id: str = ""         # names this run in the claims it makes
+    claim_lease_s: float = 60.0
 
 
 def sha256(text: str) -> str:
@@ -48,12 +52,36 @@ def load_meta(paths, stage, gen_id) -> dict:
     return meta
 
 
+PARENT_STAGE = {"essay": "draft", "evaluation": "essay"}
+
+
+def waiting_on(paths, stage, gen_id):
+    """The claim of another live process on this unfinished generation or on the unfinished
+    ancestor it needs (as ClaimedElsewhere), else None."""
+    while True:
+        gdir = paths.gen_dir(stage, gen_id)
+        if (gdir / "parsed.txt").exists():
+            return None
+        owner = claims.holder(gdir)
+        if owner is not None:
+            return claims.ClaimedElsewhere(gdir, owner)
+        if stage not in PARENT_STAGE:
+            return None
+        try:
+            stage, gen_id = PARENT_STAGE[stage], load_meta(paths, stage, gen_id)["parent_gen_id"]
+        except PipelineError:
+            return None
+
+
 def read_parent_text(paths, meta) -> str:
-    parent_stage = {"essay": "draft", "evaluation": "essay"}[meta["stage"]]
+    parent_stage = PARENT_STAGE[meta["stage"]]
     path = paths.gen_dir(parent_stage, meta["parent_gen_id"]) / "parsed.txt"
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:
+        busy = waiting_on(paths, parent_stage, meta["parent_gen_id"])
+        if busy is not None:
+            raise busy from None  # the parent is being generated elsewhere: come back later
         raise StoreError(f"{meta['stage']} {meta['gen_id']}: parent {parent_stage} {meta['parent_gen_id']} "
                          f"has no parsed output ({path}); run the parent first") from None
 
@@ -98,23 +126,35 @@ def _model(ctx, meta):
 
 
 def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
-    """Run one generation; any failure is recorded (metadata, events) before it is raised."""
+    """Run one generation under its claim; any failure is recorded (metadata, events) before it is
+    raised. Raises ClaimedElsewhere (not recorded: not a failure) if another live process holds
+    the claim, and lifeline.ParentGone if the luigi process that started this one has died."""
     gdir = ctx.paths.gen_dir(stage, gen_id)
     remove_stale_tmp(gdir)
     if (gdir / "parsed.txt").exists():
         return "done"
     base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
+    _load_or_report(ctx, base)  # before claiming: a bad id or missing metadata leaves no claim behind
+    lifeline.check_parent()
+    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=(gdir / "parsed.txt").exists):
+        # look again under the claim: the previous owner may have finished it, or changed its metadata
+        if (gdir / "parsed.txt").exists():
+            return "done"
+        meta = _load_or_report(ctx, base)
+        try:
+            return _run(ctx, meta, gdir, base)
+        except PipelineError as exc:
+            _fail(ctx, meta, gdir / "metadata.json", base, exc)
+            raise
+
+
+def _load_or_report(ctx, base):
     try:
-        meta = load_meta(ctx.paths, stage, gen_id)
+        return load_meta(ctx.paths, base["stage"], base["gen_id"])
     except PipelineError as exc:
         # unreadable metadata is left as it is for the user to inspect; the log still hears of it
         ctx.events.emit("generation_failed", **base, error_class=type(exc).__name__, error=str(exc))
         ctx.events.fsync()
-        raise
-    try:
-        return _run(ctx, meta, gdir, base)
-    except PipelineError as exc:
-        _fail(ctx, meta, gdir / "metadata.json", base, exc)
         raise
 
 

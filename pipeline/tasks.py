@@ -5,10 +5,14 @@
     luigi --module pipeline EvaluationTask --gen-id v_abc --local-scheduler
 
 RunCohort runs the generations in chunks ([pipeline] chunk_size), each chunk with a fresh local
-scheduler and the same --workers: a Luigi scheduler holds every task it has seen until its worker
-exits, so one scheduler for a whole cohort costs O(n^2) (see bench/scale_bench.py). With a central
-luigid it yields the chunks as dynamic dependencies instead, so that luigid hands each generation
-to exactly one worker. Completion is checked in bulk, from files on disk.
+scheduler and the same --workers, also when the run talks to a luigid: a Luigi scheduler holds
+every task it has seen until its worker exits, so one scheduler for a whole cohort costs O(n^2)
+(see bench/scale_bench.py). Completion is checked in bulk, from files on disk.
+
+Several runs may overlap (on one machine or many sharing data/, with or without a luigid): each
+generation is bought under a claim (claims.py); a run skips what another live process is buying
+and waits for it before it finishes. Every task carries its process's run id, so that processes
+sharing a luigid never share a task and luigi's exit code speaks for each process (``_RunTask``).
 """
 import logging
 import os
@@ -21,9 +25,9 @@ import luigi.worker
 from luigi.cmdline_parser import CmdlineParser
 from luigi.interface import core
 
-from . import generation
+from . import claims, generation, lifeline
 from .catalog import load_catalog
-from .config import pipeline as pipeline_config
+from .config import llm as llm_config, pipeline as pipeline_config
 from .errors import PipelineError
 from .events import EventLog
 from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic
@@ -38,6 +42,9 @@ log = logging.getLogger("luigi-interface")
 # run counts as finished for this run (so the cohort goes on), and is retried by the next run.
 RUN_ID = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 RUN_STARTED = generation.now_iso()
+lifeline.install()  # task processes forked from here on die with their parent
+# how often a run looks again at generations other processes are buying
+WAIT_POLL_S = 1.0
 
 _CONTEXT = {}
 _PATHS = []  # [(key, Paths)]: the last config seen and its Paths
@@ -63,10 +70,20 @@ def context(cohort_id=None):
         _CONTEXT[key] = generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
                                               Backends.from_config(paths.data_root))
     ctx = _CONTEXT[key]
-    return generation.GenContext(ctx.paths, ctx.catalog, ctx.events, ctx.backends, cohort_id)
+    return generation.GenContext(ctx.paths, ctx.catalog, ctx.events, ctx.backends, cohort_id, RUN_ID,
+                                 llm_config().claim_lease_s)
 
 
-class BuildCohort(luigi.Task):
+class _RunTask(luigi.Task):
+    """A task of this luigi process. When a luigid hands a task this process scheduled to another
+    process, luigi's summary calls it "run by another worker" or "not run" and the exit code is
+    non-zero (luigi.cfg [retcode]) although everything is done. With the run id in every task id,
+    processes sharing a luigid never share a task; claims keep them from buying the same generation."""
+
+    run_id = luigi.Parameter(default=RUN_ID, description="defaults to this process's run id")
+
+
+class BuildCohort(_RunTask):
     """Compile the spec into data/cohorts/<id>/membership.csv + manifest.json and seed metadata."""
 
     cohort_id = luigi.Parameter()
@@ -86,7 +103,7 @@ class BuildCohort(luigi.Task):
         self.set_status_message(f"{cohort.counts} ({'changed' if changed else 'unchanged'})")
 
 
-class _GenerationTask(luigi.Task):
+class _GenerationTask(_RunTask):
     gen_id = luigi.Parameter()
     cohort_id = luigi.Parameter(default="", significant=False)
     # RunCohort sets this: a failed generation is recorded and the cohort goes on
@@ -133,7 +150,11 @@ class _GenerationTask(luigi.Task):
         gdir = self._paths.gen_dir(self.stage, self.gen_id)
         if (gdir / "parsed.txt").exists():
             return True
-        return self.keep_going and store.failed_in_run(gdir, RUN_ID)
+        if self.__dict__.pop("_deferred", False):
+            return True  # luigi's check right after run() found it claimed elsewhere (that claim may be gone by now)
+        # failed, or being bought by another process: finished as far as this pass of RunCohort goes
+        return self.keep_going and (store.failed_in_run(gdir, RUN_ID) or
+                                    generation.waiting_on(self._paths, self.stage, self.gen_id) is not None)
 
     def _blocked_by(self):
         """The failed ancestor ("stage gen_id") when the parent has no output but a failure record.
@@ -162,6 +183,13 @@ class _GenerationTask(luigi.Task):
         started = time.monotonic()
         try:
             outcome = generation.run_generation(ctx, self.stage, self.gen_id)
+        except claims.ClaimedElsewhere as busy:
+            if not self.keep_going:
+                raise PipelineError(f"{busy}; run it again once that process is done") from None
+            log.info("skipped for now: %s", busy)
+            self.set_status_message(f"claimed elsewhere: {busy}")
+            self._deferred = True
+            return
         except PipelineError as exc:
             reason = str(exc).removeprefix(f"{self.stage} {self.gen_id}: ")  # said once, in front
             log.warning("FAILED %s %s: %s", self.stage, self.gen_id, reason)
@@ -192,7 +220,7 @@ class EvaluationTask(_GenerationTask):
 TASK_BY_STAGE = {"draft": DraftTask, "essay": EssayTask, "evaluation": EvaluationTask}
 
 
-class ReplayResults(luigi.Task):
+class ReplayResults(_RunTask):
     """Fold the event log into data/tables/. ``log_state`` names the log contents it reflects."""
 
     log_state = luigi.Parameter(default="")
@@ -218,7 +246,7 @@ class ReplayResults(luigi.Task):
         self.set_status_message(str(stats))
 
 
-class CohortReport(luigi.Task):
+class CohortReport(_RunTask):
     """Reports for one cohort under data/cohorts/<id>/reports/, from the replayed tables."""
 
     cohort_id = luigi.Parameter()
@@ -267,13 +295,21 @@ def _build_chunk(tasks):
         log.warning("some generations of this chunk did not finish; see the log above")
 
 
-def _central_scheduler():
-    """True when this run talks to a luigid: then every generation must go through it, so that
-    workers on several machines never run the same one."""
-    return not core().local_scheduler
+def _claimed_elsewhere(paths, rows):
+    """{gen_id: ClaimedElsewhere} of the pending ``rows`` (parents first) that another live process
+    is buying, or whose unfinished parent it is buying."""
+    busy = {}
+    for row in rows:
+        gdir = paths.gen_dir(row["stage"], row["gen_id"])
+        owner = claims.holder(gdir)
+        if owner is not None:
+            busy[row["gen_id"]] = claims.ClaimedElsewhere(gdir, owner)
+        elif row.get("parent_gen_id") in busy:
+            busy[row["gen_id"]] = busy[row["parent_gen_id"]]
+    return busy
 
 
-class RunCohort(luigi.Task):
+class RunCohort(_RunTask):
     """Run every generation of a cohort, then replay the log and write the cohort's reports."""
 
     cohort_id = luigi.Parameter()
@@ -294,26 +330,39 @@ class RunCohort(luigi.Task):
         return not store.pending(paths, rows) and \
             read_json(out.path).get("membership_sha256") == store.file_sha256(paths.membership_csv(self.cohort_id))
 
+    def _wait_for_others(self, total, todo, busy):
+        """Sleep while other live processes buy what is left; say so now and then."""
+        message = (f"{total - len(todo)}/{total} generations finished; waiting for {len(busy)} that other "
+                   f"processes are buying (e.g. {next(iter(busy.values()))})")
+        self.set_status_message(message)
+        if time.monotonic() - self.__dict__.get("_said_at", -1e9) >= 10:
+            log.info("cohort %s: %s", self.cohort_id, message)
+            self._said_at = time.monotonic()
+        time.sleep(WAIT_POLL_S)
+
     def run(self):
         paths = config_paths()
         rows = read_membership(paths.membership_csv(self.cohort_id))
         size = self.chunk_size or pipeline_config().chunk_size
         total = len(rows)
         todo = store.pending(paths, rows, run_id=RUN_ID)
-        central = _central_scheduler()
+        stalled = 0
         while todo:
-            for start in range(0, len(todo), size):
+            busy = _claimed_elsewhere(paths, todo)
+            ready = [r for r in todo if r["gen_id"] not in busy]
+            for start in range(0, len(ready), size):
                 done = total - len(todo) + start
                 self.set_progress_percentage(round(100 * done / max(total, 1)))
                 self.set_status_message(f"{done}/{total} generations finished")
                 tasks = [TASK_BY_STAGE[r["stage"]](gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
-                         for r in todo[start:start + size]]
-                if central:
-                    yield tasks  # dynamic dependencies: luigid hands each one to exactly one worker
-                else:
-                    _build_chunk(tasks)
+                         for r in ready[start:start + size]]
+                _build_chunk(tasks)
+            if busy and not ready:
+                self._wait_for_others(total, todo, busy)
             left = store.pending(paths, rows, run_id=RUN_ID)
-            if len(left) == len(todo):
+            # a pass that finished nothing is normal while others work; twice with nobody to wait for, it is a bug
+            stalled = 0 if busy or len(left) < len(todo) else stalled + 1
+            if stalled >= 2:
                 raise PipelineError(f"cohort {self.cohort_id}: {len(left)} generation(s) neither finished nor "
                                     f"failed cleanly (e.g. {left[0]['stage']} {left[0]['gen_id']}); see the log "
                                     f"above for the error")

@@ -5,8 +5,12 @@ except the ones in flight when the process died; nothing half-written is left in
 replayed tables are those of a run that was never interrupted.
 """
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -14,7 +18,7 @@ from pipeline.stub_server import StubLLMServer
 
 from conftest import (SPEC_24, SPEC_24_CALLS, kill_group, make_project, output_of, run_luigi, start_luigi,
                       write_spec)
-from trust_checks import (assert_paid_once, assert_same_tables, assert_store_whole, has,
+from trust_checks import (assert_paid_once, assert_same_tables, assert_store_whole, has, prompt_sha_of,
                           recording_stub, result_tables, unsaved_shas, wait_answered, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -162,3 +166,97 @@ def test_repeated_kills_never_pay_twice_for_a_saved_answer(project, make_stub, r
     assert_paid_once(project, "c1", srv, extra=lost)
     assert_same_tables(project, reference)
     assert_store_whole(project)
+
+
+# --- the main luigi process killed alone; runs that overlap ----------------------------------------
+
+def session_alive(sid) -> list:
+    """Pids of live (not zombie) processes in session ``sid``: workers left behind by a killed run."""
+    alive = []
+    for name in os.listdir("/proc"):
+        try:
+            fields = open(f"/proc/{name}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            alive.append(int(name))
+    return alive
+
+
+def test_killing_only_the_main_process_stops_its_workers(project, make_stub, reference):
+    """kill -9 of the `luigi` pid alone (not its group), then an immediate rerun: the forked workers
+    stop with it, so only the calls in flight at the kill are bought again."""
+    write_spec(project, "c1", SPEC_24)
+    srv, admitted = recording_stub(make_stub, latency=0.3)
+    proc = start_luigi(project, "RunCohort", "--cohort-id", "c1", "--workers", WORKERS, base_url=srv.base_url)
+    try:
+        wait_for(kill_during_llm_call(project, srv, admitted), 60, "a call in flight", proc=proc,
+                 log=project.root / "luigi.out", poll=0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        wait_for(lambda: not session_alive(proc.pid), 10, "the workers of the killed run to stop")
+        lost = unsaved_shas(project, "c1") & {s for _, s in admitted}
+        assert lost, "no LLM call was in flight at the kill"
+        rerun = run_cohort(project, srv)
+    finally:
+        kill_group(proc)
+    assert rerun.returncode == 0, output_of(rerun)
+    # the dead workers' claims were taken over at once, not after their lease
+    assert "waiting for" not in rerun.stdout + rerun.stderr, output_of(rerun)
+    wait_answered(srv, admitted)
+    assert len(admitted) == SPEC_24_CALLS + len(lost)
+    assert_paid_once(project, "c1", srv, extra=lost)
+    assert_same_tables(project, reference)
+    assert_store_whole(project)
+
+
+def test_overlapping_runs_buy_each_generation_once(project, make_stub, reference):
+    """Two RunCohort of one cohort at once, with different command lines (so luigi's own lock does
+    not refuse the second): no generation is requested twice, and both exit 0."""
+    write_spec(project, "c1", SPEC_24)
+    srv, admitted = recording_stub(make_stub, latency=0.2)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run_luigi, project, "RunCohort", "--cohort-id", "c1", "--workers", workers,
+                            base_url=srv.base_url) for workers in ("2", "3")]
+        results = [r.result() for r in runs]
+    for result in results:
+        assert result.returncode == 0, output_of(result)
+    repeated = Counter(s for _, s in admitted) - Counter(prompt_sha_of(project, r) for r in project.llm_rows("c1"))
+    assert not repeated, f"requested more than once: {dict(repeated)}"
+    assert len(admitted) == SPEC_24_CALLS
+    assert_paid_once(project, "c1", srv)
+    assert_same_tables(project, reference)
+    assert_store_whole(project)
+
+
+def _unshare_uts_works():
+    try:
+        return subprocess.run(["unshare", "--uts", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def test_two_hosts_sharing_data_buy_each_generation_once(project, make_stub, reference):
+    """Two "machines" (distinct host names, each in a UTS namespace of its own) run the same cohort on
+    one data/ folder: claims from the other host are judged by their lease, so nothing is bought twice."""
+    if not _unshare_uts_works():
+        pytest.skip("`unshare --uts` is not permitted here (needs CAP_SYS_ADMIN or user namespaces)")
+    write_spec(project, "c1", SPEC_24)
+    srv, admitted = recording_stub(make_stub, latency=0.2)
+
+    def on_host(name):
+        return ["unshare", "--uts", "sh", "-c", f'hostname {name} && exec "$@"', "sh"]
+
+    # --no-lock: luigi's lock file lives in /tmp, which two real machines would not share
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run_luigi, project, "RunCohort", "--cohort-id", "c1", "--workers", "2", "--no-lock",
+                            base_url=srv.base_url, prefix=on_host(name)) for name in ("hosta", "hostb")]
+        results = [r.result() for r in runs]
+    for result in results:
+        assert result.returncode == 0, output_of(result)
+    # each host wrote events under its own name: both really ran, as two machines
+    hosts = {seg.name.split("-")[0] for seg in project.data_root.glob("events/*/*.jsonl")}
+    assert {"hosta", "hostb"} <= hosts, hosts
+    assert len(admitted) == SPEC_24_CALLS
+    assert_paid_once(project, "c1", srv)
+    assert_same_tables(project, reference)
