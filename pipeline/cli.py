@@ -133,7 +133,8 @@ def cmd_plan(args):
             print(f"  {m['llm_model_id']:<20}{m['calls']:>7}{m['prompt_tokens']:>12,}{m['completion_tokens']:>12,}"
                   f"{_price(m):>18}{_money(m['cost_usd']):>12}")
     print(f"  {basis_text(est)}")
-    print("\nfirst rows:")
+    if args.rows > 0:
+        print("\nfirst rows:")
     for row in plan["rows"][: args.rows]:
         print("  " + "  ".join(str(row[k]) for k in ("stage", "gen_id", "parent_gen_id", "combo_id",
                                                        "template_id", "llm_model_id", "replicate")))
