@@ -124,9 +124,16 @@ def cmd_plan(args):
     calls = plan["llm_calls"]
     print(f"LLM calls: {calls['total']} in all, {calls['done']} already done, {calls['to_make']} to make")
     est = plan["cost_estimate"]
-    print(f"\nestimated cost of the {est['calls']} call(s) to make: {_money(est['cost_usd'])} "
-          f"({est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} completion tokens)"
-          + (f"; not priced: {', '.join(est['unpriced_models'])}" if est["unpriced_models"] else ""))
+    unpriced = est["unpriced_models"]
+    if unpriced and len(unpriced) == len(est["by_model"]):
+        cost = "unknown"
+    else:
+        cost = _money(est["cost_usd"]) + (" for the priced models" if unpriced else "")
+    print(f"\nestimated cost of the {est['calls']} call(s) to make: {cost} "
+          f"({est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} completion tokens)")
+    if unpriced:
+        print(f"  no price for {', '.join(unpriced)}: add prompt_price_per_mtok and completion_price_per_mtok "
+              f"(USD per million tokens) to {paths.models_csv}")
     if est["by_model"]:
         print(f"  {'model':<20}{'calls':>7}{'prompt tok':>12}{'compl. tok':>12}{'$/Mtok in / out':>18}{'cost':>12}")
         for m in est["by_model"]:

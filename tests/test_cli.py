@@ -2,6 +2,7 @@
 plus subprocess runs where the process boundary matters (luigi.cfg of the current folder, --version)."""
 import json
 import math
+import shutil
 from importlib import metadata
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from pipeline.cli import main as daydream
 from tests.support.stub_server import StubLLMServer
 
-from conftest import SMALL, make_project, output_of, run_daydream, run_luigi, write_spec
+from conftest import RAW_ROOT, SMALL, make_project, output_of, run_daydream, run_luigi, write_spec
 
 
 def call(capsys, *argv):
@@ -117,6 +118,20 @@ def test_plan_text_shows_the_estimate_and_its_basis(ran, capsys):
     assert code == 0
     assert "estimated cost of the 3 call(s) to make: $" in out  # the failed draft, its essay and evaluation
     assert "basis: " in out and "tokens = characters / 4" in out and "[llm] expected_completion_tokens" in out
+
+
+def test_plan_names_the_models_without_prices(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    shutil.copytree(RAW_ROOT, raw)
+    models = raw / "llm_models.csv"
+    models.write_text(models.read_text().replace("Gemini 2.5 Flash\",reasoning,0.30,2.50", "Gemini 2.5 Flash\",reasoning,,"))
+    project = make_project(tmp_path / "proj", raw_root=raw)
+    write_spec(project, "c1", SMALL)
+    code, out, _ = call(capsys, "plan", "c1", *project.root_flags())
+    assert code == 0
+    assert "estimated cost of the 6 call(s) to make: $" in out and " for the priced models (" in out
+    assert f"no price for gemini_25_flash: add prompt_price_per_mtok and completion_price_per_mtok " \
+           f"(USD per million tokens) to {models}" in out
 
 
 def test_plan_after_the_run_renders_the_essay_prompts_from_the_drafts_on_disk(ran, capsys):
