@@ -313,8 +313,16 @@ def cmd_build_cohort_from_list(args):
     return build_cohort_from_list(_data_paths(args), args)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors of any subcommand read like every other error: ``daydream: error: ...``, exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"daydream: error: {message}\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="daydream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -68,6 +68,13 @@ def test_replay_reads_the_data_root_named_in_luigi_cfg(project, stub):
     assert not project.data_root.exists()
 
 
+def test_usage_errors_of_subcommands_say_daydream_error(capsys):
+    code, _, err = call(capsys, "replay", "--no-such-flag")
+    assert code == 2 and err.splitlines()[-1] == "daydream: error: unrecognized arguments: --no-such-flag"
+    code, _, err = call(capsys, "regenerate", "paragraph", "d_x")
+    assert code == 2 and err.splitlines()[-1].startswith("daydream: error: argument stage: invalid choice")
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     code, out, err = call(capsys, "status", "c1", "--data-root", str(tmp_path / "data"))
