@@ -41,4 +41,8 @@ def test_a_cohort_run_respects_the_pool_rate(project, stub):
     arrivals = sorted(r["received"] for r in stub.requests)
     assert len(arrivals) == 6
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
-    assert min(gaps) >= 0.2 * 0.9, gaps  # 300/min = one every 0.2 s
+    # 300/min = one every 0.2 s. Sends are booked 0.2 s apart, but a process that wakes late
+    # shortens the next gap as seen at the server: check the rate over the run, and that no two
+    # requests came close together (unpaced, the two workers' requests arrive almost at once).
+    assert arrivals[-1] - arrivals[0] >= 5 * 0.2 * 0.95, gaps
+    assert min(gaps) >= 0.2 * 0.5, gaps
