@@ -79,102 +79,121 @@ class _Gen:
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
 
 
+class Fold:
+    """The folded state: the latest of everything per generation and cohort, and every call row.
+
+    Folding is order-free (every "latest" compares event keys), so a fold can be saved, and the
+    events appended since folded into it later (pipeline.fold_state), with the same result as
+    folding the whole log at once. Holds only builtins and _Gen objects (see to_plain)."""
+
+    def __init__(self):
+        self.gens = {}      # gen_id -> _Gen
+        self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
+        self.calls = []     # (ts, event_id, row)
+
+    def add(self, pairs) -> "Fold":
+        """Fold ``((ts, segment, line), event)`` pairs, in any order."""
+        gens, cohorts, calls = self.gens, self.cohorts, self.calls
+        for key, ev in pairs:
+            get = ev.get
+            etype = ev["type"]
+            if etype == "cohort_built":
+                current = cohorts.get(get("cohort_id"))
+                if current is None or key > current[0]:
+                    cohorts[get("cohort_id")] = (key, ev)
+                continue
+            if etype not in EVENT_TYPES:
+                continue
+            gen_id = ev["gen_id"]
+            g = gens.get(gen_id)
+            if g is None:
+                g = gens[gen_id] = _Gen(get("stage"))
+            cohort_id = get("cohort_id")
+            if cohort_id:
+                g.cohorts.add(cohort_id)
+
+            status = _STATUS.get(etype)
+            if status is not None:
+                if key > g.status_key:
+                    g.status_key, g.status = key, status
+                    g.lineage = (get("stage"), get("parent_gen_id"), get("combo_id"),
+                                 get("template_id"), get("llm_model_id"), get("replicate"))
+                    if status == "failed":
+                        g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
+                                            if part)
+                if etype == "generation_completed":
+                    if key > g.done_key:
+                        g.done_key = key
+                        g.done = (get("finish_reason"), get("prompt_tokens"),
+                                  get("completion_tokens"), get("cost"), get("duration_s"),
+                                  ev["ts"], bool(get("copy")))
+                    if g.origin_key is None or key < g.origin_key:
+                        g.origin_key, g.origin = key, cohort_id
+                    if not get("copy") and get("source", "run") == "run":
+                        calls.append((ev["ts"], ev["event_id"], (
+                            ev["ts"], get("stage"), gen_id, get("llm_model_id"),
+                            get("attempts"), "ok", None, None, None, get("prompt_tokens"),
+                            get("completion_tokens"), get("cost"), get("duration_s"))))
+                elif etype == "generation_reused" and (g.reused_ts is None or ev["ts"] > g.reused_ts):
+                    g.reused_ts = ev["ts"]
+            elif etype == "score_parsed" or etype == "parse_failed":
+                # The latest parse outcome decides the score: a later failed re-parse clears it.
+                if key > g.parse_key:
+                    g.parse_key = key
+                    g.parse = ((get("score"), get("scale"), get("parser"))
+                               if etype == "score_parsed" else None)
+            elif etype == "llm_call_failed":
+                calls.append((ev["ts"], ev["event_id"], (
+                    ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
+                    "failed", get("status"), get("error_class"), _bool(get("will_retry")),
+                    None, None, None, None)))
+        return self
+
+    def tables(self) -> dict:
+        """``{table name: (columns, rows)}`` with rows as tuples in column order."""
+        # the state is left as it is: more events may be folded into it after this
+        gens = dict(self.gens)
+        members = _members(self.cohorts)
+        for gen_id in members.keys() - gens.keys():
+            gens[gen_id] = _Gen(None)
+        lineage = {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
+
+        generations, evaluations, scores = [], [], []
+        for gen_id in sorted(gens):
+            g, lin = gens[gen_id], lineage[gen_id]
+            status = g.status or "pending"
+            member = members.get(gen_id)
+            cohorts = g.cohorts if member is None else g.cohorts | member[1]
+            cohort_ids = ";".join(sorted(cohorts)) if len(cohorts) > 1 else "".join(cohorts)
+            error = g.error if status == "failed" else None
+            if lin[0] == "evaluation":
+                row = _eval_lineage(gen_id, lin, lineage)
+                parse = g.parse or (None, None, None)
+                essay = gens.get(row[1])
+                evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
+                                          None if g.done is None else ("copy" if g.done[6] else "prompt"),
+                                          essay.origin if essay is not None else None))
+                if parse[0] is not None:
+                    scores.append(row + parse)
+            elif lin[0] == "draft" or lin[0] == "essay":
+                done = g.done or (None,) * 6
+                generations.append((gen_id,) + lin + (status,) + done[:5]
+                                   + (done[5] or g.reused_ts, cohort_ids, error))
+        calls = sorted(self.calls)  # by (ts, event_id): unique, so rows are never compared
+        return {
+            "generation_results": (COLUMNS["generation_results"], generations),
+            "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
+            "scores_long": (COLUMNS["scores_long"], scores),
+            "generation_scores_pivot": _generation_pivot(scores),
+            "evaluation_model_template_pivot": _model_template_pivot(scores),
+            "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
+        }
+
+
 def fold(pairs) -> dict:
     """Fold ``((ts, segment, line), event)`` pairs, in any order, into
     ``{table name: (columns, rows)}`` with rows as tuples in column order."""
-    gens = {}
-    cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
-    calls = []     # (ts, event_id, row)
-    for key, ev in pairs:
-        get = ev.get
-        etype = ev["type"]
-        if etype == "cohort_built":
-            current = cohorts.get(get("cohort_id"))
-            if current is None or key > current[0]:
-                cohorts[get("cohort_id")] = (key, ev)
-            continue
-        if etype not in EVENT_TYPES:
-            continue
-        gen_id = ev["gen_id"]
-        g = gens.get(gen_id)
-        if g is None:
-            g = gens[gen_id] = _Gen(get("stage"))
-        cohort_id = get("cohort_id")
-        if cohort_id:
-            g.cohorts.add(cohort_id)
-
-        status = _STATUS.get(etype)
-        if status is not None:
-            if key > g.status_key:
-                g.status_key, g.status = key, status
-                g.lineage = (get("stage"), get("parent_gen_id"), get("combo_id"),
-                             get("template_id"), get("llm_model_id"), get("replicate"))
-                if status == "failed":
-                    g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
-                                        if part)
-            if etype == "generation_completed":
-                if key > g.done_key:
-                    g.done_key = key
-                    g.done = (get("finish_reason"), get("prompt_tokens"),
-                              get("completion_tokens"), get("cost"), get("duration_s"),
-                              ev["ts"], bool(get("copy")))
-                if g.origin_key is None or key < g.origin_key:
-                    g.origin_key, g.origin = key, cohort_id
-                if not get("copy") and get("source", "run") == "run":
-                    calls.append((ev["ts"], ev["event_id"], (
-                        ev["ts"], get("stage"), gen_id, get("llm_model_id"),
-                        get("attempts"), "ok", None, None, None, get("prompt_tokens"),
-                        get("completion_tokens"), get("cost"), get("duration_s"))))
-            elif etype == "generation_reused" and (g.reused_ts is None or ev["ts"] > g.reused_ts):
-                g.reused_ts = ev["ts"]
-        elif etype == "score_parsed" or etype == "parse_failed":
-            # The latest parse outcome decides the score: a later failed re-parse clears it.
-            if key > g.parse_key:
-                g.parse_key = key
-                g.parse = ((get("score"), get("scale"), get("parser"))
-                           if etype == "score_parsed" else None)
-        elif etype == "llm_call_failed":
-            calls.append((ev["ts"], ev["event_id"], (
-                ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
-                "failed", get("status"), get("error_class"), _bool(get("will_retry")),
-                None, None, None, None)))
-
-    members = _members(cohorts)
-    for gen_id, (_, cohort_ids) in members.items():
-        g = gens.get(gen_id)
-        if g is None:
-            g = gens[gen_id] = _Gen(None)
-        g.cohorts.update(cohort_ids)
-    lineage = {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
-
-    generations, evaluations, scores = [], [], []
-    for gen_id in sorted(gens):
-        g, lin = gens[gen_id], lineage[gen_id]
-        status = g.status or "pending"
-        cohort_ids = ";".join(sorted(g.cohorts)) if len(g.cohorts) > 1 else "".join(g.cohorts)
-        error = g.error if status == "failed" else None
-        if lin[0] == "evaluation":
-            row = _eval_lineage(gen_id, lin, lineage)
-            parse = g.parse or (None, None, None)
-            essay = gens.get(row[1])
-            evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
-                                      None if g.done is None else ("copy" if g.done[6] else "prompt"),
-                                      essay.origin if essay is not None else None))
-            if parse[0] is not None:
-                scores.append(row + parse)
-        elif lin[0] == "draft" or lin[0] == "essay":
-            done = g.done or (None,) * 6
-            generations.append((gen_id,) + lin + (status,) + done[:5]
-                               + (done[5] or g.reused_ts, cohort_ids, error))
-    calls.sort()  # by (ts, event_id): unique, so rows are never compared
-    return {
-        "generation_results": (COLUMNS["generation_results"], generations),
-        "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
-        "scores_long": (COLUMNS["scores_long"], scores),
-        "generation_scores_pivot": _generation_pivot(scores),
-        "evaluation_model_template_pivot": _model_template_pivot(scores),
-        "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
-    }
+    return Fold().add(pairs).tables()
 
 
 def _bool(value):
