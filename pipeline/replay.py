@@ -4,9 +4,10 @@
     >>> print(stats.summary())
     >>> tables = load_tables(Path("data/tables"))      # {"generation_results": DataFrame, ...}
 
-    $ python -m pipeline.replay --data-root data [--skip-bad]
+    $ python -m pipeline.replay --data-root data [--skip-bad] [--full]
 
-Events are folded in one pass with plain dicts. Every "latest" choice compares the event key
+Events are folded in one pass with plain dicts; the fold is saved (pipeline.fold_state) so the
+next replay folds only the events appended since. Every "latest" choice compares the event key
 (ts, segment, line), so the result is the same as folding the events in that order, and a
 duplicated segment (same event_ids) changes nothing.
 """
@@ -21,7 +22,8 @@ from operator import itemgetter
 from pathlib import Path
 
 from .errors import PipelineError, StoreError
-from .events import EVENT_TYPES, ReadStats, scan_events
+from . import fold_state
+from .events import EVENT_TYPES, ReadStats
 from .fsio import write_if_changed
 
 LINEAGE = ("stage", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
@@ -60,10 +62,12 @@ class ReplayStats:
     read: ReadStats
     rows: dict = field(default_factory=dict)   # table name -> row count
     tables_dir: Path = None
+    incremental: bool = False  # read only what was appended since the last replay
 
     def summary(self) -> str:
         rows = ", ".join(f"{name}={n}" for name, n in self.rows.items())
-        return f"replayed {self.read.summary()} -> {self.tables_dir}: {rows}"
+        how = "new events since the last replay: " if self.incremental else ""
+        return f"replayed {how}{self.read.summary()} -> {self.tables_dir}: {rows}"
 
 
 class _Gen:
@@ -84,7 +88,7 @@ class Fold:
 
     Folding is order-free (every "latest" compares event keys), so a fold can be saved, and the
     events appended since folded into it later (pipeline.fold_state), with the same result as
-    folding the whole log at once. Holds only builtins and _Gen objects (see to_plain)."""
+    folding the whole log at once."""
 
     def __init__(self):
         self.gens = {}      # gen_id -> _Gen
@@ -304,24 +308,36 @@ def to_csv(columns, rows) -> str:
     return out.getvalue()
 
 
-def replay(events_dir, tables_dir, skip_bad=False) -> ReplayStats:
-    """Read every segment under ``events_dir`` and (re)write the CSV tables in ``tables_dir``.
+def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
+    """(Re)write the CSV tables in ``tables_dir`` from the segments under ``events_dir``.
 
-    Raises EventLogError for a malformed line (unless ``skip_bad``) or a newer schema."""
-    stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir))
+    Folds only what was appended since the last replay into the state it saved
+    (pipeline.fold_state), unless ``full`` or that state is missing or no longer matches the
+    log; the tables are byte-identical either way. Raises EventLogError for a malformed line
+    (unless ``skip_bad``) or a newer schema."""
     # The fold keeps ~one small object per event alive and makes no cycles; without this the
     # cyclic GC would rescan that growing heap again and again (about half the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        tables = fold(scan_events(events_dir, skip_bad=skip_bad, stats=stats.read))
+        state = None if full else fold_state.load(tables_dir, events_dir)
+        stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir), incremental=state is not None)
+        if state is not None and not fold_state.read_new(state, stats.read, skip_bad):
+            state, stats = None, ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir))
+        if state is None:
+            state = fold_state.FoldState.empty(events_dir, Fold())
+            fold_state.read_new(state, stats.read, skip_bad)
+        stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
+        tables = state.fold.tables()
+        for name in TABLES:
+            columns, rows = tables[name]
+            write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows))
+            stats.rows[name] = len(rows)
+        # after the tables: a state never covers events the tables do not show
+        fold_state.save(state, tables_dir)
     finally:
         if gc_was_enabled:
             gc.enable()
-    for name in TABLES:
-        columns, rows = tables[name]
-        write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows))
-        stats.rows[name] = len(rows)
     return stats
 
 
@@ -352,7 +368,7 @@ def load_tables(tables_dir) -> dict:
 
 
 def replay_main(argv=None) -> int:
-    """CLI: ``python -m pipeline.replay [--data-root data] [--tables-dir DIR] [--skip-bad]``; also
+    """CLI: ``python -m pipeline.replay [--data-root data] [--tables-dir DIR] [--skip-bad] [--full]``; also
     writes the original's cross-experiment tables to <data-root>/7_cross_experiment/."""
     from .original_tables import write_cross_experiment_tables  # imports pandas: only here
 
@@ -363,10 +379,13 @@ def replay_main(argv=None) -> int:
                         help="where to write the CSV tables (default: <data-root>/tables)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip and count malformed lines instead of stopping at the first")
+    parser.add_argument("--full", action="store_true",
+                        help="read the whole log again instead of only what was appended since the "
+                             "last replay (the tables come out the same)")
     args = parser.parse_args(argv)
     tables_dir = args.tables_dir or args.data_root / "tables"
     try:
-        stats = replay(args.data_root / "events", tables_dir, skip_bad=args.skip_bad)
+        stats = replay(args.data_root / "events", tables_dir, skip_bad=args.skip_bad, full=args.full)
         write_cross_experiment_tables(args.data_root, tables_dir)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
