@@ -18,7 +18,7 @@ import io
 import math
 import sys
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from .errors import PipelineError, StoreError
@@ -94,6 +94,22 @@ class Fold:
         self.gens = {}      # gen_id -> _Gen
         self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
         self.calls = []     # (ts, event_id, row)
+
+    def to_plain(self) -> tuple:
+        """The state as builtins only (see pipeline.fold_state)."""
+        values = attrgetter(*_Gen.__slots__)
+        return {gen_id: values(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls
+
+    @classmethod
+    def from_plain(cls, plain) -> "Fold":
+        fold = cls()
+        gens, fold.cohorts, fold.calls = plain
+        new, names = _Gen.__new__, _Gen.__slots__
+        for gen_id, values in gens.items():
+            g = fold.gens[gen_id] = new(_Gen)
+            for name, value in zip(names, values):
+                setattr(g, name, value)
+        return fold
 
     def add(self, pairs) -> "Fold":
         """Fold ``((ts, segment, line), event)`` pairs, in any order."""
@@ -320,7 +336,7 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        state = None if full else fold_state.load(tables_dir, events_dir)
+        state = None if full else fold_state.load(tables_dir, events_dir, Fold)
         stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir), incremental=state is not None)
         if state is not None and not fold_state.read_new(state, stats.read, skip_bad):
             state, stats = None, ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir))
@@ -331,7 +347,8 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
         tables = state.fold.tables()
         for name in TABLES:
             columns, rows = tables[name]
-            write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows))
+            # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+            write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows), fsync=False)
             stats.rows[name] = len(rows)
         # after the tables: a state never covers events the tables do not show
         fold_state.save(state, tables_dir)
