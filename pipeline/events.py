@@ -56,14 +56,23 @@ COUNTS = _Check("type(v) is not dict or not all(type(n) is int for n in v.values
 TEXTS = _Check("type(v) is not list or not all(type(x) is str for x in v)", "a list of strings")
 ROWS = _Check("type(v) is not list or not all(type(r) is list and all(x is None or type(x) in (str, int, float)"
               " for x in r) for r in v)", "a list of lists of values")
-GEN_ID = TEXT   # every type but cohort_built names its generation
+GEN_ID = TEXT
 
 
 @dataclass(frozen=True, kw_only=True)
-class _Lineage:
+class _Event:
     cohort_id: TEXT = None
     stage: TEXT = None
-    gen_id: GEN_ID
+    gen_id: TEXT = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Generation(_Event):
+    gen_id: GEN_ID = field()   # required (no default): every type but cohort_built names its generation
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Lineage(_Generation):
     parent_gen_id: TEXT = None
     combo_id: TEXT = None
     template_id: TEXT = None
@@ -72,11 +81,8 @@ class _Lineage:
 
 
 @dataclass(frozen=True, kw_only=True)
-class CohortBuilt:
+class CohortBuilt(_Event):
     """A cohort's membership was (re)written; the latest per cohort wins."""
-    cohort_id: TEXT = None
-    stage: TEXT = None
-    gen_id: TEXT = None
     spec_hash: TEXT = None
     catalog_hash: TEXT = None
     counts: COUNTS = None
@@ -91,11 +97,8 @@ class GenerationStarted(_Lineage):
 
 
 @dataclass(frozen=True, kw_only=True)
-class LlmCallFailed:
+class LlmCallFailed(_Generation):
     """One attempt failed (status: HTTP status or null)."""
-    cohort_id: TEXT = None
-    stage: TEXT = None
-    gen_id: GEN_ID
     llm_model_id: TEXT = None
     attempt: INT = None
     status: INT = None
@@ -132,21 +135,15 @@ class GenerationReused(_Lineage):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ParseFailed:
+class ParseFailed(_Generation):
     """The answer could not be parsed."""
-    cohort_id: TEXT = None
-    stage: TEXT = None
-    gen_id: GEN_ID
     parser: TEXT = None
     reason: TEXT = None
 
 
 @dataclass(frozen=True, kw_only=True)
-class ScoreParsed:
+class ScoreParsed(_Generation):
     """An evaluation's score (scale 0-9 or 10); the latest parse outcome wins."""
-    cohort_id: TEXT = None
-    stage: TEXT = None
-    gen_id: GEN_ID
     score: NUMBER
     scale: TEXT = None
     parser: TEXT = None
