@@ -417,59 +417,74 @@ def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
     while last and not lines[last - 1]:
         last -= 1
     stats.lines += last - lines[:last].count("")
-    unknown = stats.unknown_types
-    for line_no, line in enumerate(lines, first_line):
-        if not line:
-            continue
-        try:
-            try:
-                event, end = _scan_once(line, 0)
-                if end != len(line):
-                    raise ValueError
-            except (StopIteration, ValueError, TypeError):
-                event = json.loads(line)  # trailing spaces, bytes, or the exact error message
-            # Inlined check of the envelope: this loop runs once per event.
-            get = event.get
-            ok = (type(get("event_id")) is str and type(get("ts")) is str
-                  and type(get("type")) is str and type(get("schema")) is int
-                  and type(get("gen_id")) is str)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-            if line_no == last + first_line - 1:
-                where = f"{path}:{line_no}"
-                log.warning("%s: skipping torn last line (a writer stopped mid-write)", where)
-                stats.torn.append(where)
+    last_no = last + first_line - 1
+    scan, checkers, add = _scan_once, _CHECKERS, seen.add
+    kept = duplicates = 0
+    try:
+        for line_no, line in enumerate(lines, first_line):
+            if not line:
                 continue
-            ok, problem = False, f"invalid JSON: {exc}"
-        except AttributeError:  # valid JSON but not an object
-            ok, problem = False, "not a JSON object"
-        else:
-            problem = None if ok else _problem(event)
-            if problem is None:
-                if event["schema"] > SCHEMA_VERSION:
-                    raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
-                                        f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
-                check = _CHECKERS.get(event["type"])
-                if check is not None:
-                    bad = check(event)
-                    if bad is not None:
-                        problem = _field_problem(event["type"], event, bad)
-        if problem:
+            # The fast path, once per event: a compact line of a known type, every check passing.
+            # Anything else goes to _check_line, which finds what is wrong and says where.
+            try:
+                event, end = scan(line, 0)
+                get = event.get
+                schema, etype = get("schema"), get("type")
+                check = checkers.get(etype)
+                fast = (end == len(line) and check is not None and type(get("event_id")) is str
+                        and type(get("ts")) is str and type(schema) is int and schema <= SCHEMA_VERSION
+                        and type(get("gen_id")) is str and check(event) is None)
+            except (StopIteration, ValueError, TypeError, AttributeError):
+                fast = False
+            if not fast:
+                event = _check_line(path, line_no, line, line_no == last_no, stats, skip_bad)
+                if event is None:
+                    continue
+            event_id = event["event_id"]
+            if event_id in seen:
+                duplicates += 1
+                continue
+            add(event_id)
+            kept += 1
+            if not fast and event["type"] not in checkers:  # kept and counted, never folded
+                stats.unknown_types[event["type"]] = stats.unknown_types.get(event["type"], 0) + 1
+            yield (event["ts"], segment, line_no), event
+    finally:
+        stats.events += kept
+        stats.duplicates += duplicates
+
+
+def _check_line(path, line_no, line, is_last, stats, skip_bad):
+    """The event on a line the fast path refused, or None when it is skipped (a torn last line,
+    or a bad one under ``skip_bad``); raises EventLogError naming file:line otherwise."""
+    try:
+        event = json.loads(line)  # trailing spaces, bytes, or the exact error message
+        problem = None if isinstance(event, dict) else "not a JSON object"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        if is_last:
             where = f"{path}:{line_no}"
-            if not skip_bad:
-                raise EventLogError(f"{where}: malformed event ({problem}); fix or delete the "
-                                    "line, or replay with --skip-bad to skip and count it")
-            stats.bad.append(f"{where}: {problem}")
-            continue
-        event_id = event["event_id"]
-        if event_id in seen:
-            stats.duplicates += 1
-            continue
-        seen.add(event_id)
-        etype = event["type"]
-        if etype not in EVENT_TYPES:
-            unknown[etype] = unknown.get(etype, 0) + 1
-        stats.events += 1
-        yield (event["ts"], segment, line_no), event
+            log.warning("%s: skipping torn last line (a writer stopped mid-write)", where)
+            stats.torn.append(where)
+            return None
+        problem = f"invalid JSON: {exc}"
+    if problem is None:
+        problem = _problem(event)
+    if problem is None:
+        if event["schema"] > SCHEMA_VERSION:
+            raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
+                                f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
+        check = _CHECKERS.get(event["type"])
+        bad = None if check is None else check(event)
+        if bad is not None:
+            problem = _field_problem(event["type"], event, bad)
+    if problem:
+        where = f"{path}:{line_no}"
+        if not skip_bad:
+            raise EventLogError(f"{where}: malformed event ({problem}); fix or delete the "
+                                "line, or replay with --skip-bad to skip and count it")
+        stats.bad.append(f"{where}: {problem}")
+        return None
+    return event
 
 
 def _split_lines(raw: bytes) -> list:
@@ -487,7 +502,7 @@ def _split_lines(raw: bytes) -> list:
 
 
 def _problem(event):
-    """Why ``event`` (a dict failing the fast check in scan_events) is unusable, or None."""
+    """Why ``event`` (a dict the fast path in scan_lines refused) has an unusable envelope, or None."""
     for key, kind in (("event_id", str), ("ts", str), ("type", str), ("schema", int)):
         if type(event.get(key)) is not kind:
             return f"missing or non-{kind.__name__} {key!r}"
