@@ -5,13 +5,12 @@
     >>> save(state, tables_dir)
 
 Segments are append-only (each belongs to one writing process), so the state records, per
-segment, how many bytes it has folded; the next replay reads each segment from there on. A
-segment that vanished or shrank, one whose folded part's first or last 64 bytes changed (a
-segment rewritten in place; a change wholly inside the middle goes unseen - `--full` reads
-everything), and an event_id met again, make
-read_new return False: only a full replay then gives the tables a full replay gives (the first
-copy of a duplicated event is the one in the first segment by path, which an incremental pass
-cannot know). A state written by another version of the fold is ignored.
+segment, how many bytes it has folded; the next replay reads each segment from there on.
+read_new returns False - only a full replay then gives the tables a full replay gives - for a
+segment that vanished or shrank, one whose folded part's first or last 64 bytes changed (rewritten
+in place; a change wholly inside the middle goes unseen: `--full` reads everything), and an
+event_id met again (the copy kept is the one in the first segment by path, which an incremental
+pass cannot know). A state written by another version of the fold is ignored.
 
 The state file holds builtins only (marshal: about ten times faster than pickle here, and it
 cannot build arbitrary objects), behind a checksum: a damaged or foreign state means a full
@@ -70,13 +69,17 @@ def load(tables_dir, events_dir, fold_type):
     if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
         log.warning("%s: damaged; replaying the whole log", path)
         return None
-    plain = marshal.loads(body)
-    if plain.get("version") != VERSION or plain.get("events_dir") != str(Path(events_dir).resolve()):
+    try:
+        plain = marshal.loads(body)
+        if plain.get("version") != VERSION or plain.get("events_dir") != str(Path(events_dir).resolve()):
+            return None
+        seen = plain["seen"]
+        seen = set(seen.split("\n")) if type(seen) is str else set(seen)
+        return FoldState(events_dir=plain["events_dir"], fold=fold_type.from_plain(plain["fold"]), seen=seen,
+                         segments={rel: Segment(*seg) for rel, seg in plain["segments"].items()})
+    except (ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:  # another Python's marshal
+        log.warning("%s: unreadable (%s); replaying the whole log", path, exc)
         return None
-    seen = plain["seen"]
-    seen = set(seen.split("\n")) if type(seen) is str else set(seen)
-    return FoldState(events_dir=plain["events_dir"], fold=fold_type.from_plain(plain["fold"]), seen=seen,
-                     segments={rel: Segment(*seg) for rel, seg in plain["segments"].items()})
 
 
 def save(state, tables_dir) -> None:
