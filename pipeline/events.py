@@ -193,15 +193,6 @@ def _field_problem(etype, event, key):
     return f"{etype}: {key} is {json.dumps(value)[:60]}, expected {PAYLOADS[etype][key][0].expected}"
 
 
-def payload_problem(event):
-    """What is wrong with ``event``'s fields for its type (see EVENTS), or None."""
-    check = _CHECKERS.get(event["type"])
-    if check is None:
-        return None  # unknown types are kept and counted, never folded
-    key = check(event)
-    return None if key is None else _field_problem(event["type"], event, key)
-
-
 def markdown_table() -> str:
     """The README's event table, from EVENTS (tests/test_events.py checks the README holds it)."""
     rows = ["| type | required | optional | meaning |", "| --- | --- | --- | --- |"]
