@@ -20,10 +20,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import command_env, make_project, run_luigi  # noqa: E402
 from bench.replay_bench import generate  # noqa: E402
 from pipeline.replay import replay  # noqa: E402
-from pipeline.stub_server import StubProcess  # noqa: E402
+from tests.support.project import command_env, make_project, timed_luigi, write_spec  # noqa: E402
+from tests.support.stub_server import StubProcess  # noqa: E402
 
 COHORT = "small"
 # 3 combos x 2 draft replicates = 6 drafts; x 2 essay templates = 12 essays; x 2 evaluations = 24
@@ -37,17 +37,16 @@ SPEC = yaml.safe_dump({
 }, sort_keys=False)
 
 
-def run_cohort(project: Path) -> float:
-    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=command_env())
+def run_cohort(project) -> float:
+    server = StubProcess(project.root / "requests.tsv", "--latency", "0", env=command_env())
     try:
-        return run_luigi(project, "pipeline", "RunCohort", "--cohort-id", COHORT, workers=1,
-                         base_url=server.base_url)
+        return timed_luigi(project, "RunCohort", "--cohort-id", COHORT, workers=1, base_url=server.base_url)
     finally:
         server.close()
 
 
-def generations(project: Path) -> int:
-    return sum(1 for _ in (project / "data" / "gens").glob("*/*/parsed.txt"))
+def generations(project) -> int:
+    return sum(1 for _ in (project.data_root / "gens").glob("*/*/parsed.txt"))
 
 
 def main(argv=()) -> dict:
@@ -59,11 +58,13 @@ def main(argv=()) -> dict:
     history = 100_000 if args.quick else args.history
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="history-bench-"))
     try:
-        empty = make_project(workdir / "empty", COHORT, SPEC)
-        old = make_project(workdir / "old", COHORT, SPEC)
-        n_old = generate(old / "data" / "events", history)
+        empty = make_project(workdir / "empty")
+        old = make_project(workdir / "old")
+        for project in (empty, old):
+            write_spec(project, COHORT, SPEC)
+        n_old = generate(old.data_root / "events", history)
         t0 = time.perf_counter()
-        replay(old / "data" / "events", old / "data" / "tables")   # what the last run left behind
+        replay(old.data_root / "events", old.data_root / "tables")   # what the last run left behind
         prime_s = time.perf_counter() - t0
         empty_s = run_cohort(empty)
         old_s = run_cohort(old)

@@ -3,7 +3,7 @@
     $ python bench/scale_bench.py [--sizes 1k,10k] [--workers 1] [--chunk-size N] [--no-naive] [--keep DIR]
 
 For each size, builds a temp project (luigi.cfg, a cohort spec over the demo catalog with paid
-models), starts ``python -m pipeline.stub_server`` (latency 0) and times, as subprocesses:
+models), starts ``python -m tests.support.stub_server`` (latency 0) and times, as subprocesses:
 ``luigi --module pipeline RunCohort`` (first run), then the same command again (no-op rerun).
 For the 1k size it also times the naive flat design - one WrapperTask requiring every
 EvaluationTask (``NaiveCohort`` below) - so the chunked/naive ratio is printed. The server's
@@ -11,7 +11,6 @@ count file checks exactly one LLM request per LLM generation, and none on the re
 ``main(argv)`` returns the numbers as a dict for bench/run_all.py.
 """
 import argparse
-import csv
 import shutil
 import sys
 import tempfile
@@ -23,9 +22,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import RAW_ROOT, command_env, make_project, run_luigi  # noqa: E402
 from pipeline.tasks import EvaluationTask  # noqa: E402
-from pipeline.stub_server import StubProcess  # noqa: E402
+from tests.support.project import command_env, make_project, timed_luigi, write_spec  # noqa: E402
+from tests.support.stub_server import StubProcess  # noqa: E402
 CONCEPTS = ["idle-recombination", "critic-filter", "memory-consolidation", "feedback-flywheel",
             "search-over-ideas", "proprietary-data-moat", "background-compute"]
 # 7 concepts, k_max 3 -> 35 combos; x draft replicates -> drafts; x 2 essay templates (one copy mode)
@@ -64,14 +63,13 @@ def spec_yaml(draft_reps, essay_reps, eval_reps) -> str:
     }, sort_keys=False)
 
 
-def counts(project: Path, cohort_id: str) -> dict:
+def counts(project, cohort_id: str) -> dict:
     """Generations per stage and how many of them call the LLM (copy-mode essays do not)."""
     from pipeline.catalog import load_catalog
     from pipeline.paths import Paths
 
-    catalog = load_catalog(Paths(project / "data", RAW_ROOT, project / "cohorts"))
-    with open(project / "data" / "cohorts" / cohort_id / "membership.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    catalog = load_catalog(Paths(project.data_root, project.raw_root, project.cohorts_root))
+    rows = project.membership(cohort_id)
     out = {stage: sum(1 for r in rows if r["stage"] == stage) for stage in ("draft", "essay", "evaluation")}
     out["generations"] = len(rows)
     out["llm_generations"] = sum(1 for r in rows
@@ -82,14 +80,15 @@ def counts(project: Path, cohort_id: str) -> dict:
 def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
     cohort_id = f"scale-{size}"
     settings = {"chunk_size": chunk_size} if chunk_size else {}
-    project = make_project(workdir / f"chunked-{size}", cohort_id, spec_yaml(*SIZES[size]), **settings)
-    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=command_env())
+    project = make_project(workdir / f"chunked-{size}", **settings)
+    write_spec(project, cohort_id, spec_yaml(*SIZES[size]))
+    server = StubProcess(project.root / "requests.tsv", "--latency", "0", env=command_env())
     try:
-        first = run_luigi(project, "pipeline", "RunCohort", "--cohort-id", cohort_id, workers=workers,
-                          base_url=server.base_url)
+        first = timed_luigi(project, "RunCohort", "--cohort-id", cohort_id, workers=workers,
+                            base_url=server.base_url)
         after_first = len(server.statuses())
-        rerun = run_luigi(project, "pipeline", "RunCohort", "--cohort-id", cohort_id, workers=workers,
-                          base_url=server.base_url)
+        rerun = timed_luigi(project, "RunCohort", "--cohort-id", cohort_id, workers=workers,
+                            base_url=server.base_url)
         after_rerun = len(server.statuses())
     finally:
         server.close()
@@ -100,13 +99,14 @@ def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
 
 def bench_naive(workdir: Path, size: str, workers: int) -> dict:
     cohort_id = f"naive-{size}"
-    project = make_project(workdir / f"naive-{size}", cohort_id, spec_yaml(*SIZES[size]))
-    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=command_env())
+    project = make_project(workdir / f"naive-{size}")
+    write_spec(project, cohort_id, spec_yaml(*SIZES[size]))
+    server = StubProcess(project.root / "requests.tsv", "--latency", "0", env=command_env())
     try:
-        build = run_luigi(project, "pipeline", "BuildCohort", "--cohort-id", cohort_id, workers=workers,
-                          base_url=server.base_url)
-        run = run_luigi(project, "bench.scale_bench", "NaiveCohort", "--cohort-id", cohort_id,
-                        workers=workers, base_url=server.base_url)
+        build = timed_luigi(project, "BuildCohort", "--cohort-id", cohort_id, workers=workers,
+                            base_url=server.base_url)
+        run = timed_luigi(project, "NaiveCohort", "--cohort-id", cohort_id, workers=workers,
+                          base_url=server.base_url, module="bench.scale_bench")
         requests = len(server.statuses())
     finally:
         server.close()

@@ -2,7 +2,7 @@
 
     $ python bench/throughput_bench.py [--workers 1,2,4,8] [--latency 0.3] [--max-concurrent 8] [--keep DIR]
 
-Starts ``python -m pipeline.stub_server --latency 0.3 --max-concurrent 8 --count-file F`` (every
+Starts ``python -m tests.support.stub_server --latency 0.3 --max-concurrent 8 --count-file F`` (every
 answer takes 0.3 s; more than 8 requests in flight get 429), then for each W runs
 ``luigi --module pipeline RunCohort --workers W --local-scheduler`` in a fresh project whose
 luigi.cfg sets ``[resources] llm_paid = 8``, on a cohort of 48 LLM generations with paid models
@@ -20,9 +20,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import command_env, make_project, run_luigi  # noqa: E402
 from pipeline.events import read_events  # noqa: E402
-from pipeline.stub_server import StubProcess  # noqa: E402
+from tests.support.project import command_env, make_project, timed_luigi, write_spec  # noqa: E402
+from tests.support.stub_server import StubProcess  # noqa: E402
 
 POOL = 8  # [resources] llm_paid in the bench's luigi.cfg
 COHORT = "throughput"
@@ -59,12 +59,12 @@ def generation_window(events_dir: Path) -> tuple:
 
 
 def run_one(workdir: Path, stub: StubProcess, workers: int, latency: float, max_concurrent: int) -> dict:
-    project = make_project(workdir / f"w{workers}", COHORT, SPEC, llm_paid=POOL)
+    project = make_project(workdir / f"w{workers}", llm_paid=POOL)
+    write_spec(project, COHORT, SPEC)
     before = len(stub.statuses())
-    wall = run_luigi(project, "pipeline", "RunCohort", "--cohort-id", COHORT, workers=workers,
-                     base_url=stub.base_url)
+    wall = timed_luigi(project, "RunCohort", "--cohort-id", COHORT, workers=workers, base_url=stub.base_url)
     statuses = stub.statuses()[before:]
-    window, completed = generation_window(project / "data" / "events")
+    window, completed = generation_window(project.data_root / "events")
     limit = min(workers, max_concurrent, POOL) / latency
     rate = completed / window if window else 0.0
     return {"workers": workers, "generations": completed, "answered": statuses.count("200"),
@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
 
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="throughput-bench-"))
     stub = StubProcess(workdir / "requests.tsv", "--latency", str(args.latency),
-                       "--max-concurrent", str(args.max_concurrent), cwd=REPO, env=command_env())
+                       "--max-concurrent", str(args.max_concurrent), env=command_env())
     results = []
     try:
         for w in workers:

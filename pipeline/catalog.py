@@ -9,6 +9,7 @@ Loading validates everything it reads and fails with a CatalogError naming the f
 import csv
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,8 @@ TEMPLATE_VARIABLES = {
 }
 DEFAULT_PARSER = {"draft": "identity", "essay": "identity", "evaluation": "in_last_line"}
 LOCAL_PROVIDER = "local"
+# optional llm_models.csv columns, USD per million tokens (daydream plan's cost estimate)
+PRICE_COLUMNS = ("prompt_price_per_mtok", "completion_price_per_mtok")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Model:
     provider: str
     display_name: str
     specialization: str
+    prompt_price_per_mtok: float | None = None  # USD per million tokens; None: not in the catalog
+    completion_price_per_mtok: float | None = None
 
     @property
     def is_local(self):
@@ -232,6 +237,21 @@ def _load_templates(paths, stage, env, digest):
     return out
 
 
+def _price(row, column, path):
+    """An optional price cell: None when the column is absent or empty, else a non-negative number."""
+    text = row.get(column, "")
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise CatalogError(f"{path}:{row['_line']}: model {row['id']!r}: {column} must be a non-negative number "
+                           f"(USD per million tokens) or empty, not {text!r}")
+    return value
+
+
 def _load_models(paths, digest):
     rows = read_csv(paths.models_csv, ["id", "model", "provider"], id_column="id")
     digest.update(paths.models_csv.read_bytes())
@@ -240,7 +260,8 @@ def _load_models(paths, digest):
         if not row["model"]:
             raise CatalogError(f"{paths.models_csv}:{row['_line']}: model {row['id']!r} has an empty 'model' column")
         models[row["id"]] = Model(row["id"], row["model"], row["provider"], row.get("display_name", ""),
-                                  row.get("specialization", ""))
+                                  row.get("specialization", ""),
+                                  *(_price(row, column, paths.models_csv) for column in PRICE_COLUMNS))
     return models
 
 

@@ -12,16 +12,47 @@
     daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
     daydream reparse [--cohort ID] [STAGE ID ...]   # parse saved answers again, no LLM call
     daydream build-cohort-from-list --cohort-id X           # a cohort of the selected essays
+
+Every subcommand is parsed here (library modules keep only functions); roots come from the
+--data-root/--raw-root/--cohorts-root flags, else luigi.cfg [pipeline]. Errors print one
+``daydream: error: ...`` line on stderr and exit 2. ``--json`` (plan, status, compare) prints one
+JSON object with the keys documented in README ("daydream --json").
 """
 import argparse
+import json
 import sys
+from importlib import metadata
+from pathlib import Path
 
 from .errors import PipelineError
-from .paths import Paths
+from .parsers import SCORE_PARSERS
+from .paths import STAGES, Paths
 
 
 def _paths(args):
     return Paths.from_config(args.data_root, args.raw_root, args.cohorts_root)
+
+
+def _data_paths(args):
+    """Paths of a subcommand that reads data/: refuses a data folder that does not exist (rather
+    than reading nothing, or creating it)."""
+    paths = _paths(args)
+    if not paths.data_root.is_dir():
+        where = "--data-root" if args.data_root else "luigi.cfg [pipeline] data_root (or its default, data)"
+        raise PipelineError(f"data folder {paths.data_root} does not exist (from {where}); check the path, "
+                            f"or run from the project folder")
+    return paths
+
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, sort_keys=False, ensure_ascii=False))
+
+
+def _version():
+    try:
+        return metadata.version("daydreaming-luigi")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _add_roots(parser):
@@ -30,40 +61,114 @@ def _add_roots(parser):
     parser.add_argument("--cohorts-root", help="cohort specs folder (default: cohorts)")
 
 
-def cmd_plan(args):
-    from .catalog import load_catalog
+def _completion():
+    """Expected completion size for the cost estimate, with where it came from."""
+    from .config import llm
+    from .estimate import Completion
+
+    cfg = llm()
+    if cfg.expected_completion_tokens > 0:
+        return Completion(cfg.expected_completion_tokens, cfg.local_max_tokens, "[llm] expected_completion_tokens")
+    if cfg.max_tokens > 0:
+        return Completion(cfg.max_tokens, cfg.local_max_tokens, "[llm] max_tokens, the cap")
+    raise PipelineError("no completion size for the cost estimate: set [llm] expected_completion_tokens "
+                        "(or max_tokens) in luigi.cfg")
+
+
+def plan_data(paths, cohort_id, catalog) -> dict:
+    """What RunCohort would do for ``cohort_id``, as plain data (``daydream plan --json``)."""
+    from .estimate import estimate_cost
     from .membership import compile_cohort
     from .store import pending
 
-    paths = _paths(args)
-    catalog = load_catalog(paths)
-    cohort = compile_cohort(paths, args.cohort_id, catalog)
+    cohort = compile_cohort(paths, cohort_id, catalog)
     todo = {r["gen_id"] for r in pending(paths, cohort.rows)}
-    print(f"cohort {args.cohort_id}: {cohort.spec_path or paths.membership_csv(args.cohort_id)} against catalog {paths.raw_root}")
-    print(f"{'stage':<12}{'generations':>12}{'LLM calls':>11}{'done':>8}{'to run':>8}")
-    total_calls = total_todo = 0
-    for stage in ("draft", "essay", "evaluation"):
+    stages, to_run = {}, []
+    for stage in STAGES:
         rows = [r for r in cohort.rows if r["stage"] == stage]
         calls = [r for r in rows if catalog.templates[stage][r["template_id"]].generator == "llm"]
-        left = sum(1 for r in calls if r["gen_id"] in todo)
-        total_calls += len(calls)
-        total_todo += left
-        print(f"{stage:<12}{len(rows):>12}{len(calls):>11}{len(calls) - left:>8}{left:>8}")
-    print(f"LLM calls: {total_calls} in all, {total_calls - total_todo} already done, {total_todo} to make")
-    print("\nfirst rows:")
-    for row in cohort.rows[: args.rows]:
+        left = [r for r in calls if r["gen_id"] in todo]
+        to_run += left
+        stages[stage] = {"generations": len(rows), "llm_calls": len(calls), "done": len(calls) - len(left),
+                         "to_run": len(left)}
+    calls = sum(s["llm_calls"] for s in stages.values())
+    return {"cohort_id": cohort_id, "spec": str(cohort.spec_path or paths.membership_csv(cohort_id)),
+            "catalog": str(paths.raw_root), "stages": stages,
+            "llm_calls": {"total": calls, "done": calls - len(to_run), "to_make": len(to_run)},
+            "cost_estimate": estimate_cost(paths, catalog, cohort, to_run, _completion()),
+            "rows": cohort.rows}
+
+
+def _money(value):
+    return "-" if value is None else f"${value:,.4f}"
+
+
+def _price(model):
+    prices = (model["prompt_price_per_mtok"], model["completion_price_per_mtok"])
+    return "no price" if None in prices else f"{prices[0]:g} / {prices[1]:g}"
+
+
+def cmd_plan(args):
+    from .catalog import load_catalog
+    from .estimate import basis_text
+
+    paths = _data_paths(args)
+    plan = plan_data(paths, args.cohort_id, load_catalog(paths))
+    if args.json:
+        _print_json({k: v for k, v in plan.items() if k != "rows"})
+        return 0
+    print(f"cohort {args.cohort_id}: {plan['spec']} against catalog {plan['catalog']}")
+    print(f"{'stage':<12}{'generations':>12}{'LLM calls':>11}{'done':>8}{'to run':>8}")
+    for stage, s in plan["stages"].items():
+        print(f"{stage:<12}{s['generations']:>12}{s['llm_calls']:>11}{s['done']:>8}{s['to_run']:>8}")
+    calls = plan["llm_calls"]
+    print(f"LLM calls: {calls['total']} in all, {calls['done']} already done, {calls['to_make']} to make")
+    est = plan["cost_estimate"]
+    unpriced = est["unpriced_models"]
+    if unpriced and len(unpriced) == len(est["by_model"]):
+        cost = "unknown"
+    else:
+        cost = _money(est["cost_usd"]) + (" for the priced models" if unpriced else "")
+    print(f"\nestimated cost of the {est['calls']} call(s) to make: {cost} "
+          f"({est['prompt_tokens']:,} prompt + {est['completion_tokens']:,} completion tokens)")
+    if unpriced:
+        print(f"  no price for {', '.join(unpriced)}: add prompt_price_per_mtok and completion_price_per_mtok "
+              f"(USD per million tokens) to {paths.models_csv}")
+    if est["by_model"]:
+        print(f"  {'model':<20}{'calls':>7}{'prompt tok':>12}{'compl. tok':>12}{'$/Mtok in / out':>18}{'cost':>12}")
+        for m in est["by_model"]:
+            print(f"  {m['llm_model_id']:<20}{m['calls']:>7}{m['prompt_tokens']:>12,}{m['completion_tokens']:>12,}"
+                  f"{_price(m):>18}{_money(m['cost_usd']):>12}")
+    print(f"  {basis_text(est)}")
+    if args.rows > 0:
+        print("\nfirst rows:")
+    for row in plan["rows"][: args.rows]:
         print("  " + "  ".join(str(row[k]) for k in ("stage", "gen_id", "parent_gen_id", "combo_id",
                                                        "template_id", "llm_model_id", "replicate")))
     return 0
+
+
+def status_data(cohort_id, status) -> dict:
+    """``daydream status --json``: counts per stage, every failure and every blocked generation."""
+    counts = ("total", "done", "failed", "blocked", "pending")
+    return {"cohort_id": cohort_id,
+            "stages": {stage: {k: s[k] for k in counts} for stage, s in status.items()},
+            "failures": [{"stage": stage, "gen_id": g, "error": e, "hint": hint}
+                         for stage, s in status.items() for g, e, hint in s["failures"]],
+            "blocked": [{"stage": stage, "gen_id": g, "failed_ancestor": root}
+                        for stage, s in status.items() for g, root in s["blocked_by"]]}
 
 
 def cmd_status(args):
     from .membership import read_membership
     from .store import stage_status
 
-    paths = _paths(args)
+    paths = _data_paths(args)
     rows = read_membership(paths.membership_csv(args.cohort_id))
     status = stage_status(paths, rows)
+    if args.json:
+        _print_json(status_data(args.cohort_id, status))
+        return 1 if any(s["failed"] or s["blocked"] for s in status.values()) else 0
     print(f"{'stage':<12}{'total':>8}{'done':>8}{'failed':>8}{'blocked':>9}{'pending':>9}")
     for stage, s in status.items():
         print(f"{stage:<12}{s['total']:>8}{s['done']:>8}{s['failed']:>8}{s['blocked']:>9}{s['pending']:>9}")
@@ -92,18 +197,35 @@ def cmd_status(args):
     return 1 if failures or blocked else 0
 
 
-def _passthrough():
-    """Subcommands with their own argument parsers: daydream NAME ARGS... == NAME's main(ARGS)."""
-    from .parsers import parse_score_main
-    from .replay import replay_main
+def cmd_parse_score(args):
+    """``file<TAB>score`` per file; exit 1 if any did not parse (an unknown parser is an error: 2)."""
+    from .parsers import score_files
 
-    return {"parse-score": parse_score_main, "replay": replay_main}
+    results = score_files(args.files, args.parser)
+    for path, score, error in results:
+        print(f"{path}\t{score:g}" if error is None else f"{path}\tERROR: {error}")
+    return 1 if any(error is not None for _, _, error in results) else 0
+
+
+def cmd_replay(args):
+    """Rebuild the tables from the event log; also the original's cross-experiment tables."""
+    from .original_tables import write_cross_experiment_tables  # imports pandas: only here
+    from .replay import replay
+
+    paths = _data_paths(args)
+    tables_dir = args.tables_dir or paths.tables_dir
+    stats = replay(paths.events_dir, tables_dir, skip_bad=args.skip_bad, full=args.full)
+    write_cross_experiment_tables(paths.data_root, tables_dir)
+    print(stats.summary())
+    for bad in stats.read.bad:
+        print(f"daydream: warning: skipped bad line {bad}", file=sys.stderr)
+    return 0
 
 
 def cmd_rebuild_log(args):
     from .backfill import backfill
 
-    paths = _paths(args)
+    paths = _data_paths(args)
     result = backfill(paths)
     for warning in result.warnings:
         print(f"daydream: warning: {warning}", file=sys.stderr)
@@ -122,20 +244,25 @@ def cmd_import_original(args):
 
 
 def cmd_compare(args):
-    from .reports import compare_cohorts
+    from .reports import compare_cohorts, comparison
 
-    print(compare_cohorts(_paths(args), args.cohort_ids))
+    paths = _data_paths(args)
+    if args.json:
+        _print_json(comparison(paths, args.cohort_ids))
+    else:
+        print(compare_cohorts(paths, args.cohort_ids))
     if args.html:
         from .html_report import write_compare_html
 
-        print(f"wrote {write_compare_html(_paths(args), args.cohort_ids, args.html)}")
+        wrote = write_compare_html(paths, args.cohort_ids, args.html)
+        print(f"wrote {wrote}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
 def cmd_regenerate(args):
     from .regenerate import regenerate
 
-    paths = _paths(args)
+    paths = _data_paths(args)
     moved = regenerate(paths, args.stage, args.gen_id)
     for line in moved:
         print(line)
@@ -159,13 +286,13 @@ def cmd_design(args):
 def cmd_select_top_essays(args):
     from .original_tables import select_top_essays
 
-    return select_top_essays(_paths(args).data_root, args)
+    return select_top_essays(_data_paths(args).data_root, args)
 
 
 def cmd_reparse(args):
     from .reparse import cohort_targets, parse_targets, reparse
 
-    paths = _paths(args)
+    paths = _data_paths(args)
     targets = parse_targets(args.targets)
     if args.cohort:
         targets += cohort_targets(paths, args.cohort, include_done=args.all)
@@ -183,28 +310,52 @@ def cmd_reparse(args):
 def cmd_build_cohort_from_list(args):
     from .curation import build_cohort_from_list
 
-    return build_cohort_from_list(_paths(args), args)
+    return build_cohort_from_list(_data_paths(args), args)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors of any subcommand read like every other error: ``daydream: error: ...``, exit 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"daydream: error: {message}\n")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="daydream", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="daydream", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plan", help="preview a cohort: counts, LLM calls, first rows")
+    p = sub.add_parser("plan", help="preview a cohort: counts, LLM calls, cost estimate, first rows")
     p.add_argument("cohort_id")
     p.add_argument("--rows", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     _add_roots(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("status", help="per stage: total, done, failed, pending")
     p.add_argument("cohort_id")
     p.add_argument("--failures", type=int, default=20, help="failures to list")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     _add_roots(p)
     p.set_defaults(func=cmd_status)
 
-    # listed for --help; main() hands their arguments to their own parsers
-    sub.add_parser("parse-score", help="print the score of saved evaluation responses (--help for options)")
-    sub.add_parser("replay", help="rebuild data/tables from the event log (--help for options)")
+    p = sub.add_parser("parse-score", help="print the score of saved evaluation responses")
+    p.add_argument("--parser", default="in_last_line",
+                   help=f"score parser: {', '.join(sorted(SCORE_PARSERS))} (default: %(default)s)")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(func=cmd_parse_score)
+
+    p = sub.add_parser("replay", help="rebuild <data-root>/tables from the event log")
+    p.add_argument("--tables-dir", type=Path, default=None,
+                   help="where to write the CSV tables (default: <data-root>/tables)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip and count malformed lines instead of stopping at the first")
+    p.add_argument("--full", action="store_true",
+                   help="read the whole log again instead of only what was appended since the last "
+                        "replay (the tables come out the same)")
+    _add_roots(p)
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("rebuild-log", help="write backfill events for generations that have files but no events")
     _add_roots(p)
@@ -218,6 +369,7 @@ def build_parser():
     p = sub.add_parser("compare", help="compare templates and models across cohorts")
     p.add_argument("cohort_ids", nargs="+")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots to FILE")
+    p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     _add_roots(p)
     p.set_defaults(func=cmd_compare)
 
@@ -275,10 +427,7 @@ def build_parser():
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("parse-score", "replay"):
-        return _passthrough()[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         return args.func(args)
     except PipelineError as exc:

@@ -20,6 +20,8 @@ class llm(luigi.Config):  # noqa: N801
     max_attempts = luigi.IntParameter(default=6)
     backoff_base_s = luigi.FloatParameter(default=2.0)
     max_tokens = luigi.IntParameter(default=0, description="0: let the provider decide")
+    expected_completion_tokens = luigi.IntParameter(
+        default=1000, description="daydream plan's cost estimate: tokens per completion; 0: use max_tokens")
     local_max_tokens = luigi.IntParameter(default=160)
     local_threads = luigi.IntParameter(default=2)
     rpm_llm_free = luigi.IntParameter(default=0, description="requests per minute for :free models; 0: no limit")

@@ -370,6 +370,7 @@ def compile_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
         "catalog_hash": catalog.hash,
         "axes": compiled.axes,
         "counts": {stage: len(table) for stage, table in builder.tables.items()},
+        "replication": catalog.replicates,  # recorded as the original does, not applied (replicates default to 1)
         "combos": {cid: {"concepts": list(info["concepts"]), "description_level": info["description_level"],
                          "k_max": info["k_max"]} for cid, info in sorted(combos["used"].items())},
     }

@@ -12,9 +12,7 @@ read the verdict out of an evaluation response. Catalog rows name them by string
 
 Anything unparseable raises ParseError; no parser raises anything else.
 """
-import argparse
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -255,7 +253,7 @@ def parse_score(text: str, parser: str | None = "in_last_line") -> ScoreResult:
     return _lookup(SCORE_PARSERS, parser or "in_last_line", "score")(text)
 
 
-# ---------------------------------------------------------------- files and CLI
+# ---------------------------------------------------------------- files (daydream parse-score)
 
 
 def score_files(paths, parser: str = "in_last_line") -> list[tuple[str, float | None, str | None]]:
@@ -275,27 +273,3 @@ def score_files(paths, parser: str = "in_last_line") -> list[tuple[str, float | 
         except ParseError as exc:
             results.append((path, None, " ".join(str(exc).split())))
     return results
-
-
-def parse_score_main(argv=None) -> int:
-    """``daydream parse-score [--parser NAME] FILE...``: print ``file<TAB>score`` per file.
-
-    Returns 0 if every file parsed, 1 if any did not, 2 for an unknown parser.
-    """
-    cli = argparse.ArgumentParser(
-        prog="daydream parse-score",
-        description="Read the score out of saved evaluation responses.",
-    )
-    cli.add_argument("--parser", default="in_last_line",
-                     help=f"score parser: {', '.join(sorted(SCORE_PARSERS))} "
-                          "(default: %(default)s)")
-    cli.add_argument("files", nargs="+", metavar="FILE")
-    args = cli.parse_args(argv)
-    try:
-        results = score_files(args.files, args.parser)
-    except ParseError as exc:
-        print(f"daydream parse-score: {exc}", file=sys.stderr)
-        return 2
-    for path, score, error in results:
-        print(f"{path}\t{score:g}" if error is None else f"{path}\tERROR: {error}")
-    return 1 if any(error is not None for _, _, error in results) else 0

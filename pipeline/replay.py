@@ -4,25 +4,23 @@
     >>> print(stats.summary())
     >>> tables = load_tables(Path("data/tables"))      # {"generation_results": DataFrame, ...}
 
-    $ python -m pipeline.replay --data-root data [--skip-bad] [--full]
+    $ daydream replay [--data-root data] [--skip-bad] [--full]   # the command line (pipeline/cli.py)
 
 Events are folded in one pass with plain dicts; the fold is saved (pipeline.fold_state) so the
 next replay folds only the events appended since. Every "latest" choice compares the event key
 (ts, segment, line), so the result is the same as folding the events in that order, and a
 duplicated segment (same event_ids) changes nothing.
 """
-import argparse
 import csv
 import gc
 import io
 import math
-import sys
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from pathlib import Path
 
-from .errors import PipelineError, StoreError
 from . import fold_state
+from .errors import StoreError
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_if_changed
 
@@ -370,7 +368,7 @@ def load_tables(tables_dir) -> dict:
     for name in TABLES:
         path = Path(tables_dir) / f"{name}.csv"
         if not path.exists():
-            raise StoreError(f"{path} is missing; run `python -m pipeline.replay` to build the tables")
+            raise StoreError(f"{path} is missing; run `daydream replay` to build the tables")
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
         if name in _NUMERIC:
             numeric = [c for c in df.columns if c in _NUMERIC[name]]
@@ -382,38 +380,3 @@ def load_tables(tables_dir) -> dict:
             df["will_retry"] = df["will_retry"].map({"true": True, "false": False})
         tables[name] = df
     return tables
-
-
-def replay_main(argv=None) -> int:
-    """CLI: ``python -m pipeline.replay [--data-root data] [--tables-dir DIR] [--skip-bad] [--full]``; also
-    writes the original's cross-experiment tables to <data-root>/7_cross_experiment/."""
-    from .original_tables import write_cross_experiment_tables  # imports pandas: only here
-
-    parser = argparse.ArgumentParser(prog="replay", description=__doc__.split("\n")[0])
-    parser.add_argument("--data-root", type=Path, default=Path("data"),
-                        help="reads <data-root>/events (default: data)")
-    parser.add_argument("--tables-dir", type=Path, default=None,
-                        help="where to write the CSV tables (default: <data-root>/tables)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="skip and count malformed lines instead of stopping at the first")
-    parser.add_argument("--full", action="store_true",
-                        help="read the whole log again instead of only what was appended since the "
-                             "last replay (the tables come out the same)")
-    args = parser.parse_args(argv)
-    tables_dir = args.tables_dir or args.data_root / "tables"
-    try:
-        stats = replay(args.data_root / "events", tables_dir, skip_bad=args.skip_bad, full=args.full)
-        write_cross_experiment_tables(args.data_root, tables_dir)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(stats.summary())
-    for bad in stats.read.bad:
-        print(f"skipped bad line {bad}", file=sys.stderr)
-    return 0
-
-
-main = replay_main
-
-if __name__ == "__main__":
-    sys.exit(replay_main())

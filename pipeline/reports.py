@@ -466,12 +466,18 @@ def render_summary(data: CohortData, tables: dict, texts: dict) -> str:
 
 # ----------------------------------------------------------------------------- comparison
 
-def compare_cohorts(paths, cohort_ids) -> str:
-    """Printable comparison of cohorts: each one's overall mean score, then per template and
-    model axis, the levels scored in every cohort with mean and n per cohort and the difference
-    to the first cohort.
+def _number(value):
+    """A float for JSON: None for NaN (a level with no score in a cohort)."""
+    return None if value is None or math.isnan(value) else float(value)
 
-        >>> print(compare_cohorts(paths, ["baseline", "new-prompts"]))
+
+def comparison(paths, cohort_ids) -> dict:
+    """Cohorts compared, as plain data (``daydream compare --json``): each cohort's overall mean
+    score and n, then per template and model axis the levels scored in every cohort with, per
+    cohort, mean, n and the difference of its mean to the first cohort's (``diff``, None for the first).
+
+        {"cohorts": [{"cohort_id": "A", "mean": 6.25, "n": 8}, ...],
+         "axes": {"draft_template": [{"level": "t1", "cohorts": {"A": {"mean": .., "n": .., "diff": None}}}]}}
     """
     ids = list(dict.fromkeys(cohort_ids))
     if not ids:
@@ -480,23 +486,45 @@ def compare_cohorts(paths, cohort_ids) -> str:
     tables = read_tables(paths)
     scores = {c: cohort_data(tables, c, members[c]).scores for c in ids}
     first = ids[0]
-
-    out = [f"Cohorts compared: {', '.join(ids)} (mean evaluation score, n = number of scores)", ""]
-    for c in ids:
-        s = scores[c]["score"]
-        out.append(f"{c}: mean {s.mean():.2f}, n={len(s)}" if len(s) else f"{c}: no scores yet, n=0")
+    out = {"cohorts": [{"cohort_id": c, "mean": _number(scores[c]["score"].mean()) if len(scores[c]) else None,
+                        "n": int(len(scores[c]))} for c in ids],
+           "axes": {}}
     for axis in COMPARE_AXES:
-        levels = set.intersection(*(set(scores[c][axis]) for c in ids)) - {""}
+        levels = sorted(set.intersection(*(set(scores[c][axis]) for c in ids)) - {""})
+        stats = {c: scores[c].groupby(axis)["score"].agg(["mean", "count"]) for c in ids}
+        out["axes"][axis] = [
+            {"level": level,
+             "cohorts": {c: {"mean": _number(stats[c].at[level, "mean"]), "n": int(stats[c].at[level, "count"]),
+                             "diff": None if c == first else _number(stats[c].at[level, "mean"]
+                                                                     - stats[first].at[level, "mean"])}
+                         for c in ids}}
+            for level in levels]
+    return out
+
+
+def compare_cohorts(paths, cohort_ids) -> str:
+    """Printable comparison of cohorts (see ``comparison``): each one's overall mean score, then per
+    template and model axis a table of the levels scored in every cohort.
+
+        >>> print(compare_cohorts(paths, ["baseline", "new-prompts"]))
+    """
+    data = comparison(paths, cohort_ids)
+    ids = [c["cohort_id"] for c in data["cohorts"]]
+    first = ids[0]
+    out = [f"Cohorts compared: {', '.join(ids)} (mean evaluation score, n = number of scores)", ""]
+    for c in data["cohorts"]:
+        out.append(f"{c['cohort_id']}: mean {c['mean']:.2f}, n={c['n']}" if c["n"]
+                   else f"{c['cohort_id']}: no scores yet, n=0")
+    for axis, rows in data["axes"].items():
         out += ["", f"## {axis}", ""]
-        if not levels:
+        if not rows:
             out.append(f"(no {axis} has scores in every cohort)")
             continue
-        table = pd.DataFrame({axis: sorted(levels)})
+        table = pd.DataFrame({axis: [r["level"] for r in rows]})
         for c in ids:
-            stats = scores[c].groupby(axis)["score"].agg(["mean", "count"])
-            table[f"{c} mean"] = table[axis].map(stats["mean"])
-            table[f"{c} n"] = table[axis].map(stats["count"]).astype(int)
+            table[f"{c} mean"] = [r["cohorts"][c]["mean"] for r in rows]
+            table[f"{c} n"] = [r["cohorts"][c]["n"] for r in rows]
         for c in ids[1:]:
-            table[f"{c} - {first}"] = table[f"{c} mean"] - table[f"{first} mean"]
+            table[f"{c} - {first}"] = [r["cohorts"][c]["diff"] for r in rows]
         out.append(markdown_table(table))
     return "\n".join(out)

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.paths import Paths, check_id
-from pipeline.stub_server import StubLLMServer
+from tests.support.stub_server import StubLLMServer
 
 from conftest import SMALL, RAW_ROOT, make_project, output_of, run_daydream, run_luigi, write_spec
 

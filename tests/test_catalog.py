@@ -30,6 +30,16 @@ def test_demo_catalog_loads(raw):
     assert cat.models["gemma_local"].is_local and cat.models["gemma_local"].pool == "llm_local"
     assert cat.models["deepseek_r1_f"].pool == "llm_free"
     assert cat.models["sonnet_4"].pool == "llm_paid"
+    # optional price columns (USD per million tokens), read by `daydream plan`'s cost estimate
+    assert (cat.models["sonnet_4"].prompt_price_per_mtok, cat.models["sonnet_4"].completion_price_per_mtok) == (3.0, 15.0)
+    assert cat.models["gemma_local"].prompt_price_per_mtok == 0.0
+
+
+def test_price_columns_are_optional(raw):
+    (raw / "llm_models.csv").write_text("id,model,provider\nsonnet_4,anthropic/claude-sonnet-4,anthropic\n"
+                                        "gemma_local,gemma-3-270m-q4_k_m,local\n")
+    model = load(raw).models["sonnet_4"]
+    assert model.prompt_price_per_mtok is None and model.completion_price_per_mtok is None
 
 
 @pytest.mark.skipif(not SHARED_RAW.exists(), reason="original catalog not present")
@@ -77,6 +87,12 @@ def append(path, line):
      ["llm_models.csv:6", "duplicate id", "sonnet_4"]),
     (lambda r: (r / "llm_models.csv").write_text("id,model\nx,y\n"),
      ["llm_models.csv", "missing column", "provider"]),
+    (lambda r: append(r / "llm_models.csv", "pricey,x/y,x,X,general,-1,2"),
+     ["llm_models.csv:6", "pricey", "prompt_price_per_mtok must be a non-negative number", "'-1'"]),
+    (lambda r: append(r / "llm_models.csv", "pricey,x/y,x,X,general,1,$2"),
+     ["llm_models.csv:6", "pricey", "completion_price_per_mtok must be a non-negative number", "'$2'"]),
+    (lambda r: append(r / "llm_models.csv", "pricey,x/y,x,X,general,nan,2"),
+     ["llm_models.csv:6", "pricey", "prompt_price_per_mtok", "'nan'"]),
     (lambda r: (r / "concepts_metadata.csv").write_bytes("concept_id,name\ncaf\xe9,Caf\xe9\n".encode("latin-1")),
      ["concepts_metadata.csv", "not UTF-8"]),
     (lambda r: append(r / "concepts_metadata.csv", "undescribed,Undescribed,true"),

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pipeline.stub_server import StubLLMServer
+from tests.support.stub_server import StubLLMServer
 
 from conftest import (SPEC_24, SPEC_24_CALLS, kill_group, make_project, output_of, run_luigi, start_luigi,
                       write_spec)

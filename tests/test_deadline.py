@@ -6,7 +6,7 @@ import time
 
 from pipeline.errors import LLMError
 from pipeline.llm_http import OpenAIClient
-from pipeline.stub_server import StubLLMServer
+from tests.support.stub_server import StubLLMServer
 
 from conftest import SMALL, output_of, run_daydream, run_luigi, write_spec
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.stub_server import StubLLMServer, answer_text, expected_score
+from tests.support.stub_server import StubLLMServer, answer_text, expected_score
 
 from conftest import SMALL, make_project, output_of, run_daydream, run_luigi, write_spec
 

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.html_report import interval, write_cohort_html
 from pipeline.paths import Paths
-from pipeline.stub_server import StubLLMServer
+from tests.support.stub_server import StubLLMServer
 
 from conftest import make_project, output_of, run_daydream, run_luigi, write_spec
 

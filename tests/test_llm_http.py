@@ -13,7 +13,7 @@ import requests
 
 from pipeline.errors import LLMError
 from pipeline.llm_http import OpenAIClient, parse_retry_after
-from pipeline.stub_server import StubLLMServer, answer_text, expected_score, prompt_sha
+from tests.support.stub_server import StubLLMServer, answer_text, expected_score, prompt_sha
 
 KEY = "sk-test-SECRET-123"
 MODEL = "test/model-a"
@@ -225,7 +225,7 @@ def test_unknown_fault_name_is_rejected():
 def test_stub_server_subprocess_prints_ready_serves_and_counts(tmp_path):
     count_file = tmp_path / "count.tsv"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.stub_server", "--port", "0", "--latency", "0",
+        [sys.executable, "-m", "tests.support.stub_server", "--port", "0", "--latency", "0",
          "--faults", "500", "--count-file", str(count_file)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.stub_server import StubLLMServer
+from tests.support.stub_server import StubLLMServer
 
 from conftest import command_env, kill_group, luigi_argv, make_project, output_of, run_luigi, write_spec
 from trust_checks import assert_paid_once, assert_same_tables, luigid, result_tables

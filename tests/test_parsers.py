@@ -2,6 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from pipeline.cli import main as daydream
 from pipeline.errors import ParseError
 from pipeline.parsers import (
     DRAFT_PARSERS,
@@ -10,7 +11,6 @@ from pipeline.parsers import (
     ScoreResult,
     parse_draft,
     parse_score,
-    parse_score_main,
     score_files,
 )
 
@@ -380,7 +380,7 @@ def test_cli_prints_scores_and_errors(tmp_path, capsys):
     binary.write_bytes("SCORE: 5 \u2014 tr\u00e8s bien".encode("latin-1", "replace"))
     missing = tmp_path / "missing.txt"
 
-    code = parse_score_main([str(good), str(mean), str(bad), str(binary), str(missing)])
+    code = daydream(["parse-score", str(good), str(mean), str(bad), str(binary), str(missing)])
 
     out = capsys.readouterr().out.splitlines()
     assert code != 0
@@ -395,15 +395,16 @@ def test_cli_prints_scores_and_errors(tmp_path, capsys):
 def test_cli_all_good_returns_zero(tmp_path, capsys):
     f = tmp_path / "e.txt"
     f.write_text(TOTAL_WITH_DECIMAL_THEN_JUSTIFICATION, encoding="utf-8")
-    assert parse_score_main(["--parser", "score_robust", str(f)]) == 0
+    assert daydream(["parse-score", "--parser", "score_robust", str(f)]) == 0
     assert capsys.readouterr().out == f"{f}\t6.5\n"
 
 
 def test_cli_unknown_parser(tmp_path, capsys):
     f = tmp_path / "e.txt"
     f.write_text("SCORE: 1", encoding="utf-8")
-    assert parse_score_main(["--parser", "essay_block", str(f)]) == 2
-    assert "unknown score parser 'essay_block'" in capsys.readouterr().err
+    assert daydream(["parse-score", "--parser", "essay_block", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("daydream: error: ") and "unknown score parser 'essay_block'" in err
 
 
 def test_score_files_returns_tuples(tmp_path):

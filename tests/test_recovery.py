@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.stub_server import StubLLMServer
+from tests.support.stub_server import StubLLMServer
 
 from conftest import RAW_ROOT, SMALL, make_project, output_of, run_daydream, run_luigi, write_spec
 

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from pipeline.events import SCHEMA_VERSION, EventLog, EventLogError
-from pipeline.replay import TABLES, load_tables, replay, replay_main
+from pipeline.cli import main as daydream
+from pipeline.replay import TABLES, load_tables, replay
 
 MEMBER_FIELDS = ["stage", "gen_id", "parent_gen_id", "combo_id", "template_id", "llm_model_id",
                  "replicate"]
@@ -154,7 +155,7 @@ def test_load_tables_types_ids_as_text_and_measures_as_numbers(tmp_path):
 
 
 def test_load_tables_without_replay_says_what_to_run(tmp_path):
-    with pytest.raises(Exception, match="pipeline.replay"):
+    with pytest.raises(Exception, match="run `daydream replay`"):
         load_tables(tmp_path)
 
 
@@ -263,14 +264,15 @@ def test_future_schema_is_an_error_naming_the_line(tmp_path):
 
 def test_cli_replays_data_root_and_reports_errors(tmp_path, capsys):
     write_full_log(tmp_path / "events")
-    assert replay_main(["--data-root", str(tmp_path)]) == 0
+    assert daydream(["replay", "--data-root", str(tmp_path)]) == 0
     assert f"{N_EVENTS} events from 1 segments" in capsys.readouterr().out
     assert (tmp_path / "tables" / "generation_results.csv").exists()
 
     (tmp_path / "events" / "x.jsonl").write_text("oops\n" + hand_line("generation_started", "2025"))
-    assert replay_main(["--data-root", str(tmp_path)]) == 1
-    assert "x.jsonl:1" in capsys.readouterr().err
-    assert replay_main(["--data-root", str(tmp_path), "--skip-bad"]) == 0
+    assert daydream(["replay", "--data-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("daydream: error: ") and "x.jsonl:1" in err
+    assert daydream(["replay", "--data-root", str(tmp_path), "--skip-bad"]) == 0
     assert "1 bad lines skipped" in capsys.readouterr().out
 
 
@@ -322,8 +324,8 @@ def test_cli_reports_a_bad_payload_by_file_and_line(tmp_path, capsys):
     write_full_log(tmp_path / "events")
     (tmp_path / "events" / "x.jsonl").write_text(
         hand_line("score_parsed", "2099", gen_id="v1", stage="evaluation", score="abc"))
-    assert replay_main(["--data-root", str(tmp_path)]) == 1
+    assert daydream(["replay", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "x.jsonl:1" in err and "score" in err and "Traceback" not in err
-    assert replay_main(["--data-root", str(tmp_path), "--skip-bad"]) == 0
+    assert err.startswith("daydream: error: ") and "x.jsonl:1" in err and "score" in err and "Traceback" not in err
+    assert daydream(["replay", "--data-root", str(tmp_path), "--skip-bad"]) == 0
     assert "1 bad lines skipped" in capsys.readouterr().out

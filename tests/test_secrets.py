@@ -6,7 +6,7 @@ Every byte the runs left behind is searched for the key.
 """
 import pytest
 
-import pipeline.stub_server as stub_server
+import tests.support.stub_server as stub_server
 
 from conftest import SMALL, SPEC_24, output_of, run_daydream, run_luigi, write_spec
 from trust_checks import luigid

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pipeline.stub_server import StubLLMServer, expected_score
+from tests.support.stub_server import StubLLMServer, expected_score
 
 from conftest import (REPO, SPEC_24, SHARED_RAW_ROOT, kill_group, make_project, output_of, run_daydream, run_luigi,
                       start_luigi, write_spec)

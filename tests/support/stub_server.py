@@ -1,10 +1,11 @@
-"""A local OpenAI-compatible chat-completions server standing in for OpenRouter in tests and benchmarks.
+"""A local OpenAI-compatible chat-completions server standing in for OpenRouter in tests, benchmarks and
+the one-minute start (scripts/quickstart). A test double: not part of the installed package.
 
     >>> with StubLLMServer(latency=0.0, faults=["429-ra0", "500"]) as srv:
     ...     OpenAIClient(srv.base_url).complete("m/x", "hi")   # 429, 500, then a normal answer
     ...     srv.requests, srv.successes
 
-    $ python -m pipeline.stub_server --port 0 --latency 0.3 --max-concurrent 8 --count-file n.tsv
+    $ python -m tests.support.stub_server --port 0 --latency 0.3 --max-concurrent 8 --count-file n.tsv
     READY http://127.0.0.1:PORT/v1
 
 Answers are deterministic in the prompt (see ``answer_text``): a few sentences, an
@@ -25,6 +26,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+_REPO = Path(__file__).resolve().parents[2]  # where ``python -m tests.support.stub_server`` resolves
 _STATUS_FAULTS = {"429", "429-ra0", "429-nora", "500", "502", "503", "400", "401", "402", "404"}
 _BODY_FAULTS = {"timeout", "drop", "badjson", "empty_choices", "length", "error200", "finish_error",
                 "empty_content", "null_content", "non_utf8", "trickle", "500-echo-escaped", "blank_content"}
@@ -324,9 +326,9 @@ class StubProcess:
 
     def __init__(self, count_file, *args, cwd=None, env=None):
         self.count_file = Path(count_file)
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.stub_server", "--port", "0",
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.stub_server", "--port", "0",
                                       "--count-file", str(count_file), *args],
-                                     stdout=subprocess.PIPE, text=True, cwd=cwd, env=env)
+                                     stdout=subprocess.PIPE, text=True, cwd=cwd or _REPO, env=env)
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "READY":
             self.proc.kill()
@@ -345,7 +347,7 @@ class StubProcess:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pipeline.stub_server", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.support.stub_server", description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency", type=float, default=0.0, help="seconds per answer")
