@@ -31,6 +31,7 @@ _DIGEST = 32  # a blake2b digest of the rest leads the file: damage is found bef
 # Bump when Fold's fields, the event key or the reading rules change: old states are then ignored.
 VERSION = 1
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
+SAVE_FRACTION = 0.01  # see worth_saving
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class FoldState:
     def empty(cls, events_dir, fold):
         return cls(events_dir=str(Path(events_dir).resolve()), fold=fold)
 
+    def covered(self) -> int:
+        """Bytes of the log folded."""
+        return sum(seg.size for seg in self.segments.values())
+
 
 def load(tables_dir, events_dir, fold_type):
     """The saved state for ``events_dir`` (its fold a ``fold_type``), or None: none saved, saved
@@ -80,6 +85,14 @@ def load(tables_dir, events_dir, fold_type):
     except (ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:  # another Python's marshal
         log.warning("%s: unreadable (%s); replaying the whole log", path, exc)
         return None
+
+
+def worth_saving(state, saved_bytes) -> bool:
+    """Whether to rewrite the state file, which costs about as much as folding the whole log
+    takes to load: only once the part folded since it was saved reaches SAVE_FRACTION of the
+    log. Until then each replay reads that part again (cheap) and the tables are the same."""
+    covered = state.covered()
+    return covered - saved_bytes >= SAVE_FRACTION * covered
 
 
 def save(state, tables_dir) -> None:

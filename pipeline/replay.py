@@ -336,8 +336,9 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
     try:
         state = None if full else fold_state.load(tables_dir, events_dir, Fold)
         stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir), incremental=state is not None)
+        saved_bytes = state.covered() if state is not None else 0
         if state is not None and not fold_state.read_new(state, stats.read, skip_bad):
-            state, stats = None, ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir))
+            state, stats, saved_bytes = None, ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir)), 0
         if state is None:
             state = fold_state.FoldState.empty(events_dir, Fold())
             fold_state.read_new(state, stats.read, skip_bad)
@@ -349,7 +350,8 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
             write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows), fsync=False)
             stats.rows[name] = len(rows)
         # after the tables: a state never covers events the tables do not show
-        fold_state.save(state, tables_dir)
+        if not stats.incremental or fold_state.worth_saving(state, saved_bytes):
+            fold_state.save(state, tables_dir)
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.replay_bench import generate
 from pipeline.events import EventLog
+from pipeline import fold_state
 from pipeline.fold_state import STATE_FILE
 from pipeline.original_tables import write_cross_experiment_tables
 from pipeline.replay import TABLES, replay
@@ -34,7 +35,8 @@ def incremental(data_root, events_dir):
     return stats, outputs(data_root, data_root / "tables")
 
 
-def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp_path, caplog):
+def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(fold_state, "SAVE_FRACTION", 0)   # the state is saved after every replay
     events = tmp_path / "events"
     data = tmp_path / "data"
     generate(events, 1500, writers=3, seed=1)   # three segments of synthetic cohorts
@@ -100,3 +102,19 @@ def test_a_changed_or_duplicated_segment_means_a_full_replay(tmp_path):
     stats, tables = incremental(data, events)
     assert not stats.incremental
     assert tables == full_replay(tmp_path, events, "full3")
+
+
+def test_a_small_append_leaves_the_saved_state_and_is_read_again_next_time(tmp_path):
+    events = tmp_path / "events"
+    data = tmp_path / "data"
+    generate(events, 3000, writers=2, seed=1)
+    incremental(data, events)
+    state_file = data / "tables" / STATE_FILE
+    saved = state_file.read_bytes()
+    log = EventLog(events)
+    log.emit("score_parsed", cohort_id="late", stage="evaluation", gen_id="v_000000000000_1", score=3.5)
+    log.close()
+    stats, tables = incremental(data, events)
+    assert stats.read.events == 1 and state_file.read_bytes() == saved   # under 1% of the log: not saved
+    stats, again = incremental(data, events)
+    assert stats.read.events == 1 and again == tables == full_replay(tmp_path, events, "full")
