@@ -1,10 +1,11 @@
 """How fast is replay compared with just parsing the log?
 
-    $ python bench/replay_bench.py [--events 1000000] [--writers 8] [--keep DIR]
+    $ python bench/replay_bench.py [--events 1000000 | --quick] [--writers 8] [--append 200] [--keep DIR]
 
 Writes a synthetic event log to a temp dir (cohorts; drafts, essays and evaluations with
 retries, parse failures and LLM failures mixed in), then times (1) reading and json.loads of
-every line - the floor - and (2) a full replay to CSV tables. ``main(argv)`` returns the
+every line - the floor - (2) a full replay to CSV tables, and (3) after appending a few events, the
+incremental replay that reads only those. ``main(argv)`` returns the
 numbers as a dict for bench/run_all.py.
 """
 import argparse
@@ -138,9 +139,14 @@ def main(argv=()) -> dict:
     """Run the benchmark; ``argv`` as on the command line (empty: defaults). Returns the numbers."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="100k events")
+    parser.add_argument("--append", type=int, default=200,
+                        help="at least this many events (one synthetic cohort) appended after the full replay, then replayed incrementally")
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--keep", type=Path, help="generate into this dir and keep it")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.events = 100_000
 
     with tempfile.TemporaryDirectory(prefix="replay-bench-") as tmp:
         root = args.keep or Path(tmp)
@@ -154,18 +160,27 @@ def main(argv=()) -> dict:
         floor_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        stats = replay(events_dir, root / "tables")
+        stats = replay(events_dir, root / "tables", full=True)
         replay_s = time.perf_counter() - t0
+
+        appended = generate(events_dir, args.append, writers=args.writers, seed=1)
+        t0 = time.perf_counter()
+        incremental = replay(events_dir, root / "tables")
+        incremental_s = time.perf_counter() - t0
     assert parsed == n == stats.read.events, (parsed, n, stats.read.events)
+    assert incremental.incremental and incremental.read.events == appended, incremental.summary()
 
     result = {"events": n, "generate_s": round(gen_s, 3), "floor_s": round(floor_s, 3),
               "replay_s": round(replay_s, 3), "events_per_s": round(n / replay_s),
-              "ratio_replay_to_floor": round(replay_s / floor_s, 2)}
+              "ratio_replay_to_floor": round(replay_s / floor_s, 2), "appended": appended,
+              "incremental_s": round(incremental_s, 3), "ratio_incremental_to_full": round(incremental_s / replay_s, 2)}
     print(f"events:            {n:,}")
     print(f"floor (read+json): {floor_s:.2f} s")
     print(f"replay:            {replay_s:.2f} s")
     print(f"events/s:          {n / replay_s:,.0f}")
     print(f"replay / floor:    {replay_s / floor_s:.2f}x")
+    print(f"incremental:       {incremental_s:.2f} s after {appended} appended events "
+          f"({incremental_s / replay_s:.2f}x the full replay)")
     print(f"rows:              {stats.rows}")
     return result
 

@@ -20,6 +20,8 @@ BENCHES = {
     "replay": ("bench.replay_bench", ["--events", "20000"], []),
     "scale": ("bench.scale_bench", ["--sizes", "1k", "--no-naive"], []),
     "throughput": ("bench.throughput_bench", ["--workers", "1,8"], []),
+    "history": ("bench.history_bench", ["--quick"], []),
+    "jsonl": ("bench.jsonl_bench", ["--events", "20000"], []),
 }
 
 

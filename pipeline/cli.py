@@ -214,7 +214,7 @@ def cmd_replay(args):
 
     paths = _data_paths(args)
     tables_dir = args.tables_dir or paths.tables_dir
-    stats = replay(paths.events_dir, tables_dir, skip_bad=args.skip_bad)
+    stats = replay(paths.events_dir, tables_dir, skip_bad=args.skip_bad, full=args.full)
     write_cross_experiment_tables(paths.data_root, tables_dir)
     print(stats.summary())
     for bad in stats.read.bad:
@@ -351,6 +351,9 @@ def build_parser():
                    help="where to write the CSV tables (default: <data-root>/tables)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip and count malformed lines instead of stopping at the first")
+    p.add_argument("--full", action="store_true",
+                   help="read the whole log again instead of only what was appended since the last "
+                        "replay (the tables come out the same)")
     _add_roots(p)
     p.set_defaults(func=cmd_replay)
 

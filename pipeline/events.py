@@ -21,77 +21,188 @@ import socket
 import threading
 import uuid
 import weakref
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import PipelineError
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = frozenset({
-    "cohort_built", "generation_started", "llm_call_failed", "generation_completed",
-    "generation_reused", "parse_failed", "score_parsed", "generation_failed",
-})
 _ENVELOPE = ("event_id", "schema", "ts", "type")
 
 
-# --- payload schemas: what replay relies on in each event type (checked when reading) ---------
+# --- the event types: one dataclass each, the single definition of every payload -------------
+# A field annotated with a check and no default is required; one defaulting to None may be absent
+# or null. EventLog.emit refuses an unknown field, a missing required one or a wrong type at once;
+# replay refuses the last two (naming file:line) and ignores fields it does not know.
 
 @dataclass(frozen=True)
 class _Check:
-    """A field's allowed JSON types, an extra test of the value (or None) and how to say it."""
-    kinds: frozenset
-    test: object
+    """A field's allowed values: ``bad`` is a Python expression over ``v``, true when v is wrong."""
+    bad: str
     expected: str
 
 
-def _digits(v):  # replicates: 2, or "2" from a CSV
-    return type(v) is int or v.strip().isdigit()
-
-
-def _counts(v):
-    return all(type(n) is int for n in v.values())
-
-
-def _texts(v):
-    return all(type(x) is str for x in v)
-
-
-def _rows(v):
-    return all(type(row) is list and all(x is None or type(x) in (str, int, float) for x in row) for row in v)
-
-
-_TEXT = _Check(frozenset({str}), None, "a string")
-_INT = _Check(frozenset({int}), None, "an integer")
-_INT_LIKE = _Check(frozenset({int, str}), _digits, "an integer")
+TEXT = _Check("type(v) is not str", "a string")
+INT = _Check("type(v) is not int", "an integer")
+# replicates: 2, or "2" from a CSV
+INT_LIKE = _Check("not (type(v) is int or (type(v) is str and v.strip().isdigit()))", "an integer")
 # finite: NaN or Infinity would enter the tables as if they were numbers
-_NUMBER = _Check(frozenset({int, float}), math.isfinite, "a finite number")
-_FLAG = _Check(frozenset({bool}), None, "true or false")
-_COUNTS = _Check(frozenset({dict}), _counts, "an object of integer counts")
-_TEXTS = _Check(frozenset({list}), _texts, "a list of strings")
-_ROWS = _Check(frozenset({list}), _rows, "a list of lists of values")
+NUMBER = _Check("not (type(v) is int or (type(v) is float and isfinite(v)))", "a finite number")
+FLAG = _Check("type(v) is not bool", "true or false")
+COUNTS = _Check("type(v) is not dict or not all(type(n) is int for n in v.values())",
+                "an object of integer counts")
+TEXTS = _Check("type(v) is not list or not all(type(x) is str for x in v)", "a list of strings")
+ROWS = _Check("type(v) is not list or not all(type(r) is list and all(x is None or type(x) in (str, int, float)"
+              " for x in r) for r in v)", "a list of lists of values")
+GEN_ID = TEXT
 
-_LINEAGE = {"cohort_id": _TEXT, "stage": _TEXT, "parent_gen_id": _TEXT, "combo_id": _TEXT,
-            "template_id": _TEXT, "llm_model_id": _TEXT, "replicate": _INT_LIKE}
-# type -> {field: check}; a field listed in _REQUIRED must be present, any other may be absent or null
-PAYLOADS = {
-    "cohort_built": {"cohort_id": _TEXT, "spec_hash": _TEXT, "catalog_hash": _TEXT, "counts": _COUNTS,
-                     "member_fields": _TEXTS, "members": _ROWS},
-    "generation_started": _LINEAGE,
-    "generation_reused": {**_LINEAGE, "raw_path": _TEXT, "parsed_path": _TEXT, "raw_sha256": _TEXT},
-    "generation_completed": {**_LINEAGE, "raw_path": _TEXT, "parsed_path": _TEXT, "raw_sha256": _TEXT,
-                             "source": _TEXT, "copy": _FLAG, "duration_s": _NUMBER, "provider_model": _TEXT,
-                             "finish_reason": _TEXT, "prompt_tokens": _INT, "completion_tokens": _INT,
-                             "total_tokens": _INT, "cost": _NUMBER, "attempts": _INT},
-    "generation_failed": {**_LINEAGE, "error_class": _TEXT, "error": _TEXT},
-    "llm_call_failed": {"cohort_id": _TEXT, "stage": _TEXT, "llm_model_id": _TEXT, "attempt": _INT,
-                        "status": _INT, "error_class": _TEXT, "message": _TEXT, "will_retry": _FLAG,
-                        "delay_s": _NUMBER},
-    "parse_failed": {"cohort_id": _TEXT, "stage": _TEXT, "parser": _TEXT, "reason": _TEXT},
-    "score_parsed": {"cohort_id": _TEXT, "stage": _TEXT, "score": _NUMBER, "scale": _TEXT, "parser": _TEXT},
-}
-_REQUIRED = {"score_parsed": ("score",), "cohort_built": ("member_fields", "members")}
+
+@dataclass(frozen=True, kw_only=True)
+class _Event:
+    cohort_id: TEXT = None
+    stage: TEXT = None
+    gen_id: TEXT = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Generation(_Event):
+    gen_id: GEN_ID = field()   # required (no default): every type but cohort_built names its generation
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Lineage(_Generation):
+    parent_gen_id: TEXT = None
+    combo_id: TEXT = None
+    template_id: TEXT = None
+    llm_model_id: TEXT = None
+    replicate: INT_LIKE = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CohortBuilt(_Event):
+    """A cohort's membership was (re)written; the latest per cohort wins."""
+    spec_hash: TEXT = None
+    catalog_hash: TEXT = None
+    counts: COUNTS = None
+    member_fields: TEXTS
+    members: ROWS
+    source: TEXT = None   # import: written by `daydream import-original`
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationStarted(_Lineage):
+    """A paid call is about to be made."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LlmCallFailed(_Generation):
+    """One attempt failed (status: HTTP status or null)."""
+    llm_model_id: TEXT = None
+    attempt: INT = None
+    status: INT = None
+    error_class: TEXT = None
+    message: TEXT = None
+    will_retry: FLAG = None
+    delay_s: NUMBER = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationCompleted(_Lineage):
+    """Answered and parsed; source: run, backfill or import."""
+    raw_path: TEXT = None
+    parsed_path: TEXT = None
+    raw_sha256: TEXT = None
+    source: TEXT = None
+    copy: FLAG = None
+    duration_s: NUMBER = None
+    provider_model: TEXT = None
+    finish_reason: TEXT = None
+    prompt_tokens: INT = None
+    completion_tokens: INT = None
+    total_tokens: INT = None
+    cost: NUMBER = None
+    attempts: INT = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationReused(_Lineage):
+    """raw.txt existed: parsed again, no call."""
+    raw_path: TEXT = None
+    parsed_path: TEXT = None
+    raw_sha256: TEXT = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParseFailed(_Generation):
+    """The answer could not be parsed."""
+    parser: TEXT = None
+    reason: TEXT = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreParsed(_Generation):
+    """An evaluation's score (scale 0-9 or 10); the latest parse outcome wins."""
+    score: NUMBER
+    scale: TEXT = None
+    parser: TEXT = None
+    source: TEXT = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenerationFailed(_Lineage):
+    """The generation failed; its dependents are blocked."""
+    error_class: TEXT = None
+    error: TEXT = None
+
+
+EVENTS = {"cohort_built": CohortBuilt, "generation_started": GenerationStarted,
+          "llm_call_failed": LlmCallFailed, "generation_completed": GenerationCompleted,
+          "generation_reused": GenerationReused, "parse_failed": ParseFailed,
+          "score_parsed": ScoreParsed, "generation_failed": GenerationFailed}
+EVENT_TYPES = frozenset(EVENTS)
+# type -> {field: (check, required)}, in definition order
+PAYLOADS = {etype: {f.name: (f.type, f.default is MISSING) for f in dataclass_fields(cls)}
+            for etype, cls in EVENTS.items()}
+
+
+def _compile_checker(etype, payload):
+    """A function ``check(event) -> None or the first bad field``, written out for this type:
+    replay runs it once per event, so it does no loops over the schema and builds no objects."""
+    lines = ["def check(event):", "    get = event.get"]
+    for name, (check, required) in payload.items():
+        lines.append(f"    v = get({name!r})")
+        if required:
+            lines.append(f"    if v is None: return {name!r}")
+        lines.append(f"    if v is not None and ({check.bad}): return {name!r}")
+    lines.append("    return None")
+    namespace = {"isfinite": math.isfinite}
+    exec(compile("\n".join(lines), f"<{etype} checker>", "exec"), namespace)
+    return namespace["check"]
+
+
+_CHECKERS = {etype: _compile_checker(etype, payload) for etype, payload in PAYLOADS.items()}
+_ALLOWED = {etype: frozenset(payload) for etype, payload in PAYLOADS.items()}
+
+
+def _field_problem(etype, event, key):
+    value = event.get(key)
+    if value is None:
+        return f"{etype} without {key!r}"
+    return f"{etype}: {key} is {json.dumps(value)[:60]}, expected {PAYLOADS[etype][key][0].expected}"
+
+
+def markdown_table() -> str:
+    """The README's event table, from EVENTS (tests/test_events.py checks the README holds it)."""
+    rows = ["| type | required | optional | meaning |", "| --- | --- | --- | --- |"]
+    for etype, cls in EVENTS.items():
+        payload = PAYLOADS[etype]
+        req = ", ".join(f"`{k}`" for k, (_, r) in payload.items() if r)
+        opt = ", ".join(f"`{k}`" for k, (_, r) in payload.items() if not r)
+        rows.append(f"| `{etype}` | {req} | {opt} | {cls.__doc__} |")
+    return "\n".join(rows) + "\n"
+
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +244,23 @@ class EventLog:
         clash = [k for k in _ENVELOPE if k in fields]
         if clash:
             raise EventLogError(f"{type}: fields {clash} are set by EventLog.emit, not by the caller")
+        unknown = sorted(fields.keys() - _ALLOWED[type])
+        if unknown:
+            raise EventLogError(f"{type}: unknown field(s) {unknown}; {EVENTS[type].__name__} in "
+                                f"pipeline/events.py defines {sorted(_ALLOWED[type])}")
+        payload = {"cohort_id": None, "stage": None, "gen_id": None, **fields}
+        bad = _CHECKERS[type](payload)
+        if bad is not None:
+            raise EventLogError(f"cannot write {_field_problem(type, payload, bad)} (gen_id="
+                                f"{payload['gen_id']!r}); see {EVENTS[type].__name__} in pipeline/events.py")
         with self._lock:
             if self._pid != os.getpid() or self._fd is None:
                 self._open_segment()
             # max() keeps ts non-decreasing within this segment even if the clock steps back
             ts = max(_utc_ts(datetime.now(timezone.utc)), self._last_ts)
             self._last_ts = ts
-            event = {"event_id": uuid.uuid4().hex, "schema": SCHEMA_VERSION, "ts": ts, "type": type,
-                     "cohort_id": None, "stage": None, "gen_id": None}
-            event.update(fields)
+            event = {"event_id": uuid.uuid4().hex, "schema": SCHEMA_VERSION, "ts": ts, "type": type}
+            event.update(payload)
             try:
                 data = (json.dumps(event, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
                         + "\n").encode("utf-8")
@@ -263,64 +382,100 @@ def iter_segments(events_dir) -> list:
 
 
 def scan_events(events_dir, skip_bad=False, stats=None):
-    """Yield ``((ts, segment_index, line_no), event)`` for each distinct event, in file order.
+    """Yield ``((ts, segment, line_no), event)`` for each distinct event, in file order; segment
+    is the file's path relative to ``events_dir``, so keys stay put when new segments appear.
 
     The key orders events globally; pipeline.replay folds this stream without sorting it.
     Fills ``stats`` (a ReadStats) as it goes."""
     stats = stats if stats is not None else ReadStats()
     seen = set()
-    unknown = Counter()
-    loads = json.loads
-    for seg_idx, path in enumerate(iter_segments(events_dir)):
+    events_dir = Path(events_dir)
+    for path in iter_segments(events_dir):
         stats.segments += 1
         lines = _split_lines(path.read_bytes())
-        last = len(lines)
-        while last and not lines[last - 1]:
-            last -= 1
-        stats.lines += last - lines[:last].count("")
-        for line_no, line in enumerate(lines, 1):
+        yield from scan_lines(path, path.relative_to(events_dir).as_posix(), lines, 1, seen, stats, skip_bad)
+    stats.unknown_types = dict(sorted(stats.unknown_types.items()))
+
+
+_scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in, without its wrapping
+
+
+def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
+    """Check and yield the events of ``lines`` (a segment's text split at newlines, its first
+    element being line ``first_line``); ``seen`` holds the event_ids met so far (duplicates are
+    counted and dropped). An unparsable last line is a torn write: skipped with a warning."""
+    last = len(lines)
+    while last and not lines[last - 1]:
+        last -= 1
+    stats.lines += last - lines[:last].count("")
+    last_no = last + first_line - 1
+    scan, checkers, add = _scan_once, _CHECKERS, seen.add
+    kept = duplicates = 0
+    try:
+        for line_no, line in enumerate(lines, first_line):
             if not line:
                 continue
+            # The fast path, once per event: a compact line of a known type, every check passing.
+            # Anything else goes to _check_line, which finds what is wrong and says where.
             try:
-                event = loads(line)
-                # Inlined check of the envelope: this loop runs once per event.
+                event, end = scan(line, 0)
                 get = event.get
-                ok = (type(get("event_id")) is str and type(get("ts")) is str
-                      and type(get("type")) is str and type(get("schema")) is int
-                      and type(get("gen_id")) is str)
-            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-                if line_no == last:
-                    where = f"{path}:{line_no}"
-                    log.warning("%s: skipping torn last line (a writer stopped mid-write)", where)
-                    stats.torn.append(where)
+                schema, etype = get("schema"), get("type")
+                check = checkers.get(etype)
+                fast = (end == len(line) and check is not None and type(get("event_id")) is str
+                        and type(get("ts")) is str and type(schema) is int and schema <= SCHEMA_VERSION
+                        and type(get("gen_id")) is str and check(event) is None)
+            except (StopIteration, ValueError, TypeError, AttributeError):
+                fast = False
+            if not fast:
+                event = _check_line(path, line_no, line, line_no == last_no, stats, skip_bad)
+                if event is None:
                     continue
-                ok, problem = False, f"invalid JSON: {exc}"
-            except AttributeError:  # valid JSON but not an object
-                ok, problem = False, "not a JSON object"
-            else:
-                problem = None if ok else _problem(event)
-                if problem is None:
-                    if event["schema"] > SCHEMA_VERSION:
-                        raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
-                                            f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
-                    problem = payload_problem(event)
-            if problem:
-                where = f"{path}:{line_no}"
-                if not skip_bad:
-                    raise EventLogError(f"{where}: malformed event ({problem}); fix or delete the "
-                                        "line, or replay with --skip-bad to skip and count it")
-                stats.bad.append(f"{where}: {problem}")
-                continue
             event_id = event["event_id"]
             if event_id in seen:
-                stats.duplicates += 1
+                duplicates += 1
                 continue
-            seen.add(event_id)
-            if event["type"] not in EVENT_TYPES:
-                unknown[event["type"]] += 1
-            stats.events += 1
-            yield (event["ts"], seg_idx, line_no), event
-    stats.unknown_types = dict(sorted(unknown.items()))
+            add(event_id)
+            kept += 1
+            if not fast and event["type"] not in checkers:  # kept and counted, never folded
+                stats.unknown_types[event["type"]] = stats.unknown_types.get(event["type"], 0) + 1
+            yield (event["ts"], segment, line_no), event
+    finally:
+        stats.events += kept
+        stats.duplicates += duplicates
+
+
+def _check_line(path, line_no, line, is_last, stats, skip_bad):
+    """The event on a line the fast path refused, or None when it is skipped (a torn last line,
+    or a bad one under ``skip_bad``); raises EventLogError naming file:line otherwise."""
+    try:
+        event = json.loads(line)  # trailing spaces, bytes, or the exact error message
+        problem = None if isinstance(event, dict) else "not a JSON object"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        if is_last:
+            where = f"{path}:{line_no}"
+            log.warning("%s: skipping torn last line (a writer stopped mid-write)", where)
+            stats.torn.append(where)
+            return None
+        problem = f"invalid JSON: {exc}"
+    if problem is None:
+        problem = _problem(event)
+    if problem is None:
+        if event["schema"] > SCHEMA_VERSION:
+            raise EventLogError(f"{path}:{line_no}: event schema {event['schema']} is newer than "
+                                f"this pipeline's {SCHEMA_VERSION}; upgrade the pipeline")
+        check = _CHECKERS.get(event["type"])
+        bad = None if check is None else check(event)
+        if bad is not None:
+            problem = _field_problem(event["type"], event, bad)
+    if problem:
+        where = f"{path}:{line_no}"
+        if not skip_bad:
+            raise EventLogError(f"{where}: malformed event ({problem}); fix or delete the "
+                                "line, or replay with --skip-bad to skip and count it")
+        stats.bad.append(f"{where}: {problem}")
+        return None
+    return event
 
 
 def _split_lines(raw: bytes) -> list:
@@ -338,7 +493,7 @@ def _split_lines(raw: bytes) -> list:
 
 
 def _problem(event):
-    """Why ``event`` (a dict failing the fast check in scan_events) is unusable, or None."""
+    """Why ``event`` (a dict the fast path in scan_lines refused) has an unusable envelope, or None."""
     for key, kind in (("event_id", str), ("ts", str), ("type", str), ("schema", int)):
         if type(event.get(key)) is not kind:
             return f"missing or non-{kind.__name__} {key!r}"
@@ -348,29 +503,8 @@ def _problem(event):
     return None
 
 
-def payload_problem(event):
-    """What is wrong with ``event``'s fields for its type (see PAYLOADS), or None."""
-    rules = _RULES.get(event["type"])
-    if rules is None:
-        return None  # unknown types are kept and counted, never folded
-    get = event.get
-    for key, kinds, test, expected in rules:
-        value = get(key)
-        if value is not None and (type(value) not in kinds or (test is not None and not test(value))):
-            return f"{event['type']}: {key} is {json.dumps(value)[:60]}, expected {expected}"
-    for key in _REQUIRED.get(event["type"], ()):
-        if get(key) is None:
-            return f"{event['type']} without {key!r}"
-    return None
-
-
-# the same table as flat tuples: this check runs once per event read
-_RULES = {etype: tuple((key, c.kinds, c.test, c.expected) for key, c in fields.items())
-          for etype, fields in PAYLOADS.items()}
-
-
 def read_events(events_dir, skip_bad=False) -> ReadResult:
-    """Every distinct event under ``events_dir`` ordered by (ts, segment, line).
+    """Every distinct event under ``events_dir`` ordered by (ts, segment path, line).
 
     A torn last line of a segment is skipped with a warning; any other malformed line raises
     EventLogError naming file:line, unless ``skip_bad`` (then it is counted in stats.bad)."""

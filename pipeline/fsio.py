@@ -122,7 +122,7 @@ def write_text_once(path, text: str, fsync: bool = True) -> bool:
         os.unlink(tmp)
 
 
-def write_if_changed(path, text: str) -> bool:
+def write_if_changed(path, text: str, fsync: bool = True) -> bool:
     """Atomic write that leaves the file (and its mtime) alone when the content is equal."""
     path = Path(path)
     try:
@@ -130,7 +130,7 @@ def write_if_changed(path, text: str) -> bool:
             return False
     except (FileNotFoundError, UnicodeDecodeError):
         pass
-    write_text_atomic(path, text)
+    write_text_atomic(path, text, fsync)
     return True
 
 

@@ -190,7 +190,7 @@ def _run(ctx, meta, gdir, base) -> str:
     call_info = {}
     if template.generator == "copy":
         raw = read_parent_text(paths, meta)
-        write_text_atomic(raw_path, raw)
+        write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
         outcome = "copied"
     elif raw_path.exists():
         raw = raw_path.read_text(encoding="utf-8")
@@ -215,10 +215,11 @@ def _run(ctx, meta, gdir, base) -> str:
             "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
             "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
         }
-        # metadata first: if we die between the two writes, the raw is what is missing (and re-bought),
-        # never the record of what a kept raw cost
+        # metadata first: if the process dies between the two writes, the raw is what is missing
+        # (and re-bought), never the record of what a kept raw cost. Only the paid answer is
+        # fsynced (README "Durability": after a power cut this metadata may be the older one)
         meta.update(call_info)
-        write_json_atomic(meta_path, meta)
+        write_json_atomic(meta_path, meta, fsync=False)
         if not write_text_once(raw_path, raw):
             raw = raw_path.read_text(encoding="utf-8")  # another worker won the race: keep theirs
         outcome = "completed"
@@ -234,7 +235,7 @@ def _run(ctx, meta, gdir, base) -> str:
     if score is not None:
         meta.update(score=score.score, score_scale=score.scale)
         events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
-    write_json_atomic(meta_path, meta)
+    write_json_atomic(meta_path, meta, fsync=False)
     # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
     # logs a reuse); the other order could leave a finished generation the log never hears of
     rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),   # relative: data/ may be mounted
@@ -247,14 +248,14 @@ def _run(ctx, meta, gdir, base) -> str:
                     copy=outcome == "copied", duration_s=duration,
                     **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
                                                       "completion_tokens", "cost", "attempts")})
-    events.fsync()
-    write_text_atomic(parsed_path, parsed)
+    events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
+    write_text_atomic(parsed_path, parsed, fsync=False)  # derived from raw.txt: `daydream reparse`
     return outcome
 
 
 def _fail(ctx, meta, meta_path, base, exc):
     meta.update(status="failed", error=str(exc), error_class=type(exc).__name__, failed_at=now_iso())
-    write_json_atomic(meta_path, meta)
+    write_json_atomic(meta_path, meta, fsync=False)
     lineage = {k: meta[k] for k in LINEAGE}
     ctx.events.emit("generation_failed", **base, **lineage, error_class=type(exc).__name__, error=str(exc))
     ctx.events.fsync()

@@ -4,9 +4,10 @@
     >>> print(stats.summary())
     >>> tables = load_tables(Path("data/tables"))      # {"generation_results": DataFrame, ...}
 
-    $ daydream replay [--data-root data] [--skip-bad]      # the command line (pipeline/cli.py)
+    $ daydream replay [--data-root data] [--skip-bad] [--full]   # the command line (pipeline/cli.py)
 
-Events are folded in one pass with plain dicts. Every "latest" choice compares the event key
+Events are folded in one pass with plain dicts; the fold is saved (pipeline.fold_state) so the
+next replay folds only the events appended since. Every "latest" choice compares the event key
 (ts, segment, line), so the result is the same as folding the events in that order, and a
 duplicated segment (same event_ids) changes nothing.
 """
@@ -15,11 +16,12 @@ import gc
 import io
 import math
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
+from . import fold_state
 from .errors import StoreError
-from .events import EVENT_TYPES, ReadStats, scan_events
+from .events import EVENT_TYPES, ReadStats
 from .fsio import write_if_changed
 
 LINEAGE = ("stage", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
@@ -58,10 +60,12 @@ class ReplayStats:
     read: ReadStats
     rows: dict = field(default_factory=dict)   # table name -> row count
     tables_dir: Path = None
+    incremental: bool = False  # read only what was appended since the last replay
 
     def summary(self) -> str:
         rows = ", ".join(f"{name}={n}" for name, n in self.rows.items())
-        return f"replayed {self.read.summary()} -> {self.tables_dir}: {rows}"
+        how = "new events since the last replay: " if self.incremental else ""
+        return f"replayed {how}{self.read.summary()} -> {self.tables_dir}: {rows}"
 
 
 class _Gen:
@@ -77,102 +81,137 @@ class _Gen:
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
 
 
+class Fold:
+    """The folded state: the latest of everything per generation and cohort, and every call row.
+
+    Folding is order-free (every "latest" compares event keys), so a fold can be saved, and the
+    events appended since folded into it later (pipeline.fold_state), with the same result as
+    folding the whole log at once."""
+
+    def __init__(self):
+        self.gens = {}      # gen_id -> _Gen
+        self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
+        self.calls = []     # (ts, event_id, row)
+
+    def to_plain(self) -> tuple:
+        """The state as builtins only (see pipeline.fold_state)."""
+        values = attrgetter(*_Gen.__slots__)
+        return {gen_id: values(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls
+
+    @classmethod
+    def from_plain(cls, plain) -> "Fold":
+        fold = cls()
+        gens, fold.cohorts, fold.calls = plain
+        new, names = _Gen.__new__, _Gen.__slots__
+        for gen_id, values in gens.items():
+            g = fold.gens[gen_id] = new(_Gen)
+            for name, value in zip(names, values):
+                setattr(g, name, value)
+        return fold
+
+    def add(self, pairs) -> "Fold":
+        """Fold ``((ts, segment, line), event)`` pairs, in any order."""
+        gens, cohorts, calls = self.gens, self.cohorts, self.calls
+        for key, ev in pairs:
+            get = ev.get
+            etype = ev["type"]
+            if etype == "cohort_built":
+                current = cohorts.get(get("cohort_id"))
+                if current is None or key > current[0]:
+                    cohorts[get("cohort_id")] = (key, ev)
+                continue
+            if etype not in EVENT_TYPES:
+                continue
+            gen_id = ev["gen_id"]
+            g = gens.get(gen_id)
+            if g is None:
+                g = gens[gen_id] = _Gen(get("stage"))
+            cohort_id = get("cohort_id")
+            if cohort_id:
+                g.cohorts.add(cohort_id)
+
+            status = _STATUS.get(etype)
+            if status is not None:
+                if key > g.status_key:
+                    g.status_key, g.status = key, status
+                    g.lineage = (get("stage"), get("parent_gen_id"), get("combo_id"),
+                                 get("template_id"), get("llm_model_id"), get("replicate"))
+                    if status == "failed":
+                        g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
+                                            if part)
+                if etype == "generation_completed":
+                    if key > g.done_key:
+                        g.done_key = key
+                        g.done = (get("finish_reason"), get("prompt_tokens"),
+                                  get("completion_tokens"), get("cost"), get("duration_s"),
+                                  ev["ts"], bool(get("copy")))
+                    if g.origin_key is None or key < g.origin_key:
+                        g.origin_key, g.origin = key, cohort_id
+                    if not get("copy") and get("source", "run") == "run":
+                        calls.append((ev["ts"], ev["event_id"], (
+                            ev["ts"], get("stage"), gen_id, get("llm_model_id"),
+                            get("attempts"), "ok", None, None, None, get("prompt_tokens"),
+                            get("completion_tokens"), get("cost"), get("duration_s"))))
+                elif etype == "generation_reused" and (g.reused_ts is None or ev["ts"] > g.reused_ts):
+                    g.reused_ts = ev["ts"]
+            elif etype == "score_parsed" or etype == "parse_failed":
+                # The latest parse outcome decides the score: a later failed re-parse clears it.
+                if key > g.parse_key:
+                    g.parse_key = key
+                    g.parse = ((get("score"), get("scale"), get("parser"))
+                               if etype == "score_parsed" else None)
+            elif etype == "llm_call_failed":
+                calls.append((ev["ts"], ev["event_id"], (
+                    ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
+                    "failed", get("status"), get("error_class"), _bool(get("will_retry")),
+                    None, None, None, None)))
+        return self
+
+    def tables(self) -> dict:
+        """``{table name: (columns, rows)}`` with rows as tuples in column order."""
+        # the state is left as it is: more events may be folded into it after this
+        gens = dict(self.gens)
+        members = _members(self.cohorts)
+        for gen_id in members.keys() - gens.keys():
+            gens[gen_id] = _Gen(None)
+        lineage = {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
+
+        generations, evaluations, scores = [], [], []
+        for gen_id in sorted(gens):
+            g, lin = gens[gen_id], lineage[gen_id]
+            status = g.status or "pending"
+            member = members.get(gen_id)
+            cohorts = g.cohorts if member is None else g.cohorts | member[1]
+            cohort_ids = ";".join(sorted(cohorts)) if len(cohorts) > 1 else "".join(cohorts)
+            error = g.error if status == "failed" else None
+            if lin[0] == "evaluation":
+                row = _eval_lineage(gen_id, lin, lineage)
+                parse = g.parse or (None, None, None)
+                essay = gens.get(row[1])
+                evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
+                                          None if g.done is None else ("copy" if g.done[6] else "prompt"),
+                                          essay.origin if essay is not None else None))
+                if parse[0] is not None:
+                    scores.append(row + parse)
+            elif lin[0] == "draft" or lin[0] == "essay":
+                done = g.done or (None,) * 6
+                generations.append((gen_id,) + lin + (status,) + done[:5]
+                                   + (done[5] or g.reused_ts, cohort_ids, error))
+        calls = sorted(self.calls)  # by (ts, event_id): unique, so rows are never compared
+        return {
+            "generation_results": (COLUMNS["generation_results"], generations),
+            "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
+            "scores_long": (COLUMNS["scores_long"], scores),
+            "generation_scores_pivot": _generation_pivot(scores),
+            "evaluation_model_template_pivot": _model_template_pivot(scores),
+            "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
+        }
+
+
 def fold(pairs) -> dict:
     """Fold ``((ts, segment, line), event)`` pairs, in any order, into
     ``{table name: (columns, rows)}`` with rows as tuples in column order."""
-    gens = {}
-    cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
-    calls = []     # (ts, event_id, row)
-    for key, ev in pairs:
-        get = ev.get
-        etype = ev["type"]
-        if etype == "cohort_built":
-            current = cohorts.get(get("cohort_id"))
-            if current is None or key > current[0]:
-                cohorts[get("cohort_id")] = (key, ev)
-            continue
-        if etype not in EVENT_TYPES:
-            continue
-        gen_id = ev["gen_id"]
-        g = gens.get(gen_id)
-        if g is None:
-            g = gens[gen_id] = _Gen(get("stage"))
-        cohort_id = get("cohort_id")
-        if cohort_id:
-            g.cohorts.add(cohort_id)
-
-        status = _STATUS.get(etype)
-        if status is not None:
-            if key > g.status_key:
-                g.status_key, g.status = key, status
-                g.lineage = (get("stage"), get("parent_gen_id"), get("combo_id"),
-                             get("template_id"), get("llm_model_id"), get("replicate"))
-                if status == "failed":
-                    g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
-                                        if part)
-            if etype == "generation_completed":
-                if key > g.done_key:
-                    g.done_key = key
-                    g.done = (get("finish_reason"), get("prompt_tokens"),
-                              get("completion_tokens"), get("cost"), get("duration_s"),
-                              ev["ts"], bool(get("copy")))
-                if g.origin_key is None or key < g.origin_key:
-                    g.origin_key, g.origin = key, cohort_id
-                if not get("copy") and get("source", "run") == "run":
-                    calls.append((ev["ts"], ev["event_id"], (
-                        ev["ts"], get("stage"), gen_id, get("llm_model_id"),
-                        get("attempts"), "ok", None, None, None, get("prompt_tokens"),
-                        get("completion_tokens"), get("cost"), get("duration_s"))))
-            elif etype == "generation_reused" and (g.reused_ts is None or ev["ts"] > g.reused_ts):
-                g.reused_ts = ev["ts"]
-        elif etype == "score_parsed" or etype == "parse_failed":
-            # The latest parse outcome decides the score: a later failed re-parse clears it.
-            if key > g.parse_key:
-                g.parse_key = key
-                g.parse = ((get("score"), get("scale"), get("parser"))
-                           if etype == "score_parsed" else None)
-        elif etype == "llm_call_failed":
-            calls.append((ev["ts"], ev["event_id"], (
-                ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
-                "failed", get("status"), get("error_class"), _bool(get("will_retry")),
-                None, None, None, None)))
-
-    members = _members(cohorts)
-    for gen_id, (_, cohort_ids) in members.items():
-        g = gens.get(gen_id)
-        if g is None:
-            g = gens[gen_id] = _Gen(None)
-        g.cohorts.update(cohort_ids)
-    lineage = {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
-
-    generations, evaluations, scores = [], [], []
-    for gen_id in sorted(gens):
-        g, lin = gens[gen_id], lineage[gen_id]
-        status = g.status or "pending"
-        cohort_ids = ";".join(sorted(g.cohorts)) if len(g.cohorts) > 1 else "".join(g.cohorts)
-        error = g.error if status == "failed" else None
-        if lin[0] == "evaluation":
-            row = _eval_lineage(gen_id, lin, lineage)
-            parse = g.parse or (None, None, None)
-            essay = gens.get(row[1])
-            evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
-                                      None if g.done is None else ("copy" if g.done[6] else "prompt"),
-                                      essay.origin if essay is not None else None))
-            if parse[0] is not None:
-                scores.append(row + parse)
-        elif lin[0] == "draft" or lin[0] == "essay":
-            done = g.done or (None,) * 6
-            generations.append((gen_id,) + lin + (status,) + done[:5]
-                               + (done[5] or g.reused_ts, cohort_ids, error))
-    calls.sort()  # by (ts, event_id): unique, so rows are never compared
-    return {
-        "generation_results": (COLUMNS["generation_results"], generations),
-        "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
-        "scores_long": (COLUMNS["scores_long"], scores),
-        "generation_scores_pivot": _generation_pivot(scores),
-        "evaluation_model_template_pivot": _model_template_pivot(scores),
-        "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
-    }
+    return Fold().add(pairs).tables()
 
 
 def _bool(value):
@@ -283,24 +322,39 @@ def to_csv(columns, rows) -> str:
     return out.getvalue()
 
 
-def replay(events_dir, tables_dir, skip_bad=False) -> ReplayStats:
-    """Read every segment under ``events_dir`` and (re)write the CSV tables in ``tables_dir``.
+def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
+    """(Re)write the CSV tables in ``tables_dir`` from the segments under ``events_dir``.
 
-    Raises EventLogError for a malformed line (unless ``skip_bad``) or a newer schema."""
-    stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir))
+    Folds only what was appended since the last replay into the state it saved
+    (pipeline.fold_state), unless ``full`` or that state is missing or no longer matches the
+    log; the tables are byte-identical either way. Raises EventLogError for a malformed line
+    (unless ``skip_bad``) or a newer schema."""
     # The fold keeps ~one small object per event alive and makes no cycles; without this the
     # cyclic GC would rescan that growing heap again and again (about half the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        tables = fold(scan_events(events_dir, skip_bad=skip_bad, stats=stats.read))
+        state = None if full else fold_state.load(tables_dir, events_dir, Fold)
+        stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir), incremental=state is not None)
+        saved_bytes = state.covered() if state is not None else 0
+        if state is not None and not fold_state.read_new(state, stats.read, skip_bad):
+            state, stats, saved_bytes = None, ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir)), 0
+        if state is None:
+            state = fold_state.FoldState.empty(events_dir, Fold())
+            fold_state.read_new(state, stats.read, skip_bad)
+        stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
+        tables = state.fold.tables()
+        for name in TABLES:
+            columns, rows = tables[name]
+            # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+            write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows), fsync=False)
+            stats.rows[name] = len(rows)
+        # after the tables: a state never covers events the tables do not show
+        if not stats.incremental or fold_state.worth_saving(state, saved_bytes):
+            fold_state.save(state, tables_dir)
     finally:
         if gc_was_enabled:
             gc.enable()
-    for name in TABLES:
-        columns, rows = tables[name]
-        write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows))
-        stats.rows[name] = len(rows)
     return stats
 
 

@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,7 @@ def test_emit_writes_one_flat_json_line_per_event(tmp_path):
     log = EventLog(tmp_path)
     first = log.emit("generation_started", cohort_id="c1", stage="draft", gen_id="d_1",
                      template_id="t", replicate=1)
-    log.emit("cohort_built", cohort_id="c1", counts={"draft": 1})
+    log.emit("cohort_built", cohort_id="c1", counts={"draft": 1}, member_fields=["gen_id"], members=[])
     log.fsync()
     log.close()
 
@@ -59,6 +60,26 @@ def test_emit_rejects_unknown_type_and_envelope_override(tmp_path):
     with pytest.raises(EventLogError, match="d1"):
         log.emit("score_parsed", gen_id="d1", score=float("nan"))
     assert issubclass(EventLogError, PipelineError)
+
+
+@pytest.mark.parametrize("etype, fields, message", [
+    ("generation_completed", {"gen_id": "d1", "prompt_tokns": 3}, r"generation_completed: unknown field\(s\) \['prompt_tokns'\]"),
+    ("score_parsed", {"gen_id": "d1", "scale": "0-9"}, r"score_parsed without 'score'"),
+    ("generation_started", {"stage": "draft"}, r"generation_started without 'gen_id'"),
+    ("llm_call_failed", {"gen_id": "d1", "attempt": "1"}, r"llm_call_failed: attempt is \"1\", expected an integer"),
+    ("generation_completed", {"gen_id": "d1", "copy": 1}, r"generation_completed: copy is 1, expected true or false"),
+])
+def test_emit_refuses_an_event_its_definition_does_not_allow_and_writes_nothing(tmp_path, etype, fields, message):
+    log = EventLog(tmp_path)
+    with pytest.raises(EventLogError, match=message):
+        log.emit(etype, **fields)
+    assert iter_segments(tmp_path) == []
+
+
+def test_readme_event_table_is_the_one_the_definitions_give():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert events_mod.markdown_table() in readme, \
+        "README.md's event table differs from pipeline/events.py: paste events.markdown_table() into it"
 
 
 def test_ts_never_goes_backwards_when_the_clock_steps_back(tmp_path, monkeypatch):

@@ -1,0 +1,120 @@
+"""Incremental replay: the tables after any sequence of appends and replays are byte for byte
+those of one full replay, including the original's cross-experiment tables computed from them."""
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from bench.replay_bench import generate
+from pipeline.events import EventLog
+from pipeline import fold_state
+from pipeline.fold_state import STATE_FILE
+from pipeline.original_tables import write_cross_experiment_tables
+from pipeline.replay import TABLES, replay
+
+
+def outputs(data_root, tables_dir) -> dict:
+    """Every replayed table and every cross-experiment table, as bytes (these name files under
+    the data root: that part is left out)."""
+    write_cross_experiment_tables(data_root, tables_dir)
+    files = {f"tables/{name}.csv": (Path(tables_dir) / f"{name}.csv").read_bytes() for name in TABLES}
+    for path in sorted((Path(data_root) / "7_cross_experiment").glob("*.csv")):
+        files[f"7_cross_experiment/{path.name}"] = path.read_bytes().replace(str(data_root).encode(), b"ROOT")
+    return files
+
+
+def full_replay(tmp_path, events_dir, name):
+    root = tmp_path / name
+    stats = replay(events_dir, root / "tables", full=True)
+    assert not stats.incremental
+    return outputs(root, root / "tables")
+
+
+def incremental(data_root, events_dir):
+    stats = replay(events_dir, data_root / "tables")
+    return stats, outputs(data_root, data_root / "tables")
+
+
+def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(fold_state, "SAVE_FRACTION", 0)   # the state is saved after every replay
+    events = tmp_path / "events"
+    data = tmp_path / "data"
+    generate(events, 1500, writers=3, seed=1)   # three segments of synthetic cohorts
+    first, _ = incremental(data, events)
+    assert not first.incremental and (data / "tables" / STATE_FILE).exists()
+
+    # appends to the same segments: the same generations run again (later ts), new scores
+    generate(events, 1500, writers=3, seed=2)
+    stats, tables = incremental(data, events)
+    assert stats.incremental and 0 < stats.read.events < 2 * first.read.events
+    assert tables == full_replay(tmp_path, events, "full1")
+
+    # a new segment sorting before the old ones, with a failure after the latest success
+    events_day = events / "2025-01-01"
+    log = EventLog(events)
+    log.emit("generation_failed", cohort_id="cohort-0000", stage="draft", gen_id="d_000000000000",
+             error_class="LLMError", error="later failure")
+    log.emit("score_parsed", cohort_id="late", stage="evaluation", gen_id="v_000000000000_1", score=3.5,
+             scale="0-9", parser="in_last_line")
+    log.close()
+    moved = events_day / ("a" + log.path.name)
+    log.path.rename(moved)
+    # a torn last line: skipped now, folded once its writer completes it
+    line = json.dumps({"event_id": "f" * 32, "schema": 1, "ts": "2030-01-01T00:00:00.000000Z",
+                       "type": "parse_failed", "cohort_id": "late", "stage": "evaluation",
+                       "gen_id": "v_000000000001_2", "parser": "p", "reason": "r"})
+    torn = events_day / "zz-torn.jsonl"
+    torn.write_text(line[:40])
+    with caplog.at_level(logging.WARNING):
+        stats, tables = incremental(data, events)
+    assert stats.incremental and stats.read.events == 2 and len(stats.read.torn) == 1
+    assert tables == full_replay(tmp_path, events, "full2")
+    torn.write_text(line + "\n")
+    stats, tables = incremental(data, events)
+    assert stats.incremental and stats.read.events == 1 and not stats.read.torn
+    assert tables == full_replay(tmp_path, events, "full3")
+    assert "later failure" in (data / "tables" / "generation_results.csv").read_text()
+
+    # nothing new: nothing read, the same bytes
+    stats, again = incremental(data, events)
+    assert stats.incremental and stats.read.events == 0 and again == tables
+
+
+def test_a_changed_or_duplicated_segment_means_a_full_replay(tmp_path):
+    events = tmp_path / "events"
+    data = tmp_path / "data"
+    generate(events, 600, writers=2, seed=1)
+    incremental(data, events)
+    first, second = sorted((events / "2025-01-01").glob("*.jsonl"))
+
+    shutil.copy(second, first.with_name("0-copy.jsonl"))   # a copied segment: all duplicates
+    stats, tables = incremental(data, events)
+    assert not stats.incremental and stats.read.duplicates > 0
+    assert tables == full_replay(tmp_path, events, "full1")
+
+    lines = first.read_text().splitlines(keepends=True)
+    first.write_text("".join(lines[:-3]) + lines[-1])        # rewritten in place, shorter
+    stats, tables = incremental(data, events)
+    assert not stats.incremental
+    assert tables == full_replay(tmp_path, events, "full2")
+
+    (data / "tables" / STATE_FILE).write_bytes(b"garbage" * 10)   # a damaged state costs a full replay
+    stats, tables = incremental(data, events)
+    assert not stats.incremental
+    assert tables == full_replay(tmp_path, events, "full3")
+
+
+def test_a_small_append_leaves_the_saved_state_and_is_read_again_next_time(tmp_path):
+    events = tmp_path / "events"
+    data = tmp_path / "data"
+    generate(events, 3000, writers=2, seed=1)
+    incremental(data, events)
+    state_file = data / "tables" / STATE_FILE
+    saved = state_file.read_bytes()
+    log = EventLog(events)
+    log.emit("score_parsed", cohort_id="late", stage="evaluation", gen_id="v_000000000000_1", score=3.5)
+    log.close()
+    stats, tables = incremental(data, events)
+    assert stats.read.events == 1 and state_file.read_bytes() == saved   # under 1% of the log: not saved
+    stats, again = incremental(data, events)
+    assert stats.read.events == 1 and again == tables == full_replay(tmp_path, events, "full")
