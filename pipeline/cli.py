@@ -18,6 +18,7 @@ import sys
 
 from .errors import PipelineError
 from .paths import Paths
+from .stages import STAGES
 
 
 def _paths(args):
@@ -42,7 +43,7 @@ def cmd_plan(args):
     print(f"cohort {args.cohort_id}: {cohort.spec_path or paths.membership_csv(args.cohort_id)} against catalog {paths.raw_root}")
     print(f"{'stage':<12}{'generations':>12}{'LLM calls':>11}{'done':>8}{'to run':>8}")
     total_calls = total_todo = 0
-    for stage in ("draft", "essay", "evaluation"):
+    for stage in STAGES:
         rows = [r for r in cohort.rows if r["stage"] == stage]
         calls = [r for r in rows if catalog.templates[stage][r["template_id"]].generator == "llm"]
         left = sum(1 for r in calls if r["gen_id"] in todo)
@@ -222,7 +223,7 @@ def build_parser():
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("regenerate", help="archive a generation's response and regenerate it (and its dependents)")
-    p.add_argument("stage", choices=["draft", "essay", "evaluation"])
+    p.add_argument("stage", choices=list(STAGES))
     p.add_argument("gen_id")
     _add_roots(p)
     p.set_defaults(func=cmd_regenerate)
