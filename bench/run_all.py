@@ -20,6 +20,7 @@ BENCHES = {
     "replay": ("bench.replay_bench", ["--events", "20000"], []),
     "scale": ("bench.scale_bench", ["--sizes", "1k", "--no-naive"], []),
     "throughput": ("bench.throughput_bench", ["--workers", "1,8"], []),
+    "progress": ("bench.progress_bench", ["--runs", "1"], []),
 }
 
 

@@ -140,5 +140,9 @@ class Paths:
         return self.data_root / "events"
 
     @property
+    def logs_dir(self):
+        return self.data_root / "logs"
+
+    @property
     def tables_dir(self):
         return self.data_root / "tables"
