@@ -19,6 +19,7 @@ generation is bought under a claim (claims.py); a run skips what another live pr
 and waits for it before it finishes. Every task carries its process's run id, so that processes
 sharing a luigid never share a task and luigi's exit code speaks for each process.
 """
+import dataclasses
 import functools
 import logging
 import sys
@@ -49,16 +50,14 @@ lifeline.install()  # task processes forked from here on die with their parent
 
 @functools.lru_cache(maxsize=4)
 def _shared_context(paths):
-    """Catalog, event writer and LLM backends, built once per process and data folder (forked task
-    processes inherit them): loading the catalog parses every template."""
+    """Catalog, event writer, LLM backends and settings, built once per process and data folder
+    (forked task processes inherit them): loading the catalog parses every template."""
     return generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
-                                 Backends.from_config(paths.data_root))
+                                 Backends.from_config(paths.data_root), claim_lease_s=llm_config().claim_lease_s)
 
 
 def gen_context(paths, run_id, cohort_id=None):
-    shared = _shared_context(paths)
-    return generation.GenContext(paths, shared.catalog, shared.events, shared.backends, cohort_id, run_id,
-                                 llm_config().claim_lease_s)
+    return dataclasses.replace(_shared_context(paths), cohort_id=cohort_id, run_id=run_id)
 
 
 class GenerationTarget(luigi.Target):

@@ -22,22 +22,12 @@ import urllib.request
 
 import pytest
 
-from conftest import BIN, SMALL, command_env, output_of, run_daydream, run_luigi, write_spec
-from trust_checks import luigid
+from conftest import BIN, REPO, SMALL, command_env, output_of, run_daydream, run_luigi, write_spec
+from test_luigid import SPEC_42  # 42 generations, 36 LLM calls
+from trust_checks import free_port, luigid, wait_for
 
 pytestmark = pytest.mark.slow
 
-# 2 drafts, 4 essays (2 copies), 8 evaluations by two judges
-SPEC = """\
-concepts: {ids: [search-over-ideas, critic-filter, idle-recombination], k_max: 2, description_level: sentence}
-axes:
-  draft_template: [links-brainstorm-v1]
-  draft_llm: [gemini_25_flash]
-  essay_template: [short-essay-v1, draft-as-essay]
-  essay_llm: [sonnet_4]
-  evaluation_template: [mechanism-check-v1, clarity-v1]
-  evaluation_llm: [sonnet_4]
-"""
 STATUS_ROW = re.compile(r"^(draft|essay|evaluation)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)$", re.M)
 GENERATION_TASKS = ("DraftTask", "EssayTask", "EvaluationTask")
 
@@ -63,7 +53,7 @@ def status_counts(project, cohort_id):
 
 
 def test_luigid_shows_failed_generations_with_reasons_and_blocked_dependents(tmp_path, project, make_stub):
-    write_spec(project, "c1", SPEC)
+    write_spec(project, "c1", SPEC_42)
     srv = make_stub(faults=rejects_some)
     with luigid(tmp_path / "luigid") as (url, *_):
         run = run_luigi(project, "RunCohort", "--cohort-id", "c1", "--workers", "2", "--scheduler-url", url,
@@ -130,7 +120,6 @@ def test_daydream_run_on_a_terminal_shows_a_progress_line_and_logs_to_a_file(pro
                             stderr=secondary, text=True, start_new_session=True)
     os.close(secondary)
     terminal = read_pty(primary, proc, timeout=120)
-    open("/tmp/term.txt", "w").write(terminal)
     stdout = proc.communicate(timeout=30)[0]
     os.close(primary)
     assert proc.returncode == 0, f"{stdout}\n{terminal}"
@@ -141,3 +130,26 @@ def test_daydream_run_on_a_terminal_shows_a_progress_line_and_logs_to_a_file(pro
     assert re.search(rf"^cohort c1: {total}/{total} done", stdout, re.M), stdout
     logs = list((project.data_root / "logs").glob("*.log"))
     assert len(logs) == 1 and "completed draft" in logs[0].read_text()
+
+
+def test_scripts_luigid_has_the_pools_wherever_it_is_started(tmp_path):
+    """luigid reads [resources] from its own config; scripts/luigid hands it the repository's."""
+    port = free_port()
+    env = command_env()
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.Popen([str(REPO / "scripts" / "luigid"), "--port", str(port), "--address", "127.0.0.1",
+                             "--state-path", str(tmp_path / "state.pickle")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        def pools():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/resource_list", timeout=1) as resp:
+                    return {r["name"]: r["num_total"] for r in json.loads(resp.read())["response"]}
+            except OSError:
+                return None
+
+        wait_for(pools, 30, "scripts/luigid to answer HTTP", proc=proc, poll=0.1)
+        assert pools() == {"llm_free": 1, "llm_paid": 4, "llm_local": 1}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
