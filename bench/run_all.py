@@ -22,6 +22,7 @@ BENCHES = {
     "throughput": ("bench.throughput_bench", ["--workers", "1,8"], []),
     "history": ("bench.history_bench", ["--quick"], []),
     "jsonl": ("bench.jsonl_bench", ["--events", "20000"], []),
+    "progress": ("bench.progress_bench", ["--runs", "1"], []),
 }
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from .events import EventLog, scan_events
-from .paths import STAGES
+from .stages import STAGES
 from .stored_gen import emit_completed, lineage, read_score, read_stored
 
 _DONE_TYPES = {"generation_completed", "generation_reused"}
@@ -42,14 +42,14 @@ def backfill(paths) -> BackfillResult:
 
     def meta_of(stage, gen_id):
         if (stage, gen_id) not in metas:
-            gdir = paths.data_root / "gens" / stage / gen_id
+            gdir = paths.stage_dir(stage) / gen_id
             metas[stage, gen_id] = read_stored(gdir, stage, gen_id, lambda _: None, strict=False).meta
         return metas[stage, gen_id]
 
     log = EventLog(paths.events_dir)
     try:
         for stage in STAGES:
-            stage_dir = paths.data_root / "gens" / stage
+            stage_dir = paths.stage_dir(stage)
             if not stage_dir.is_dir():
                 continue
             for gen_id in sorted(os.listdir(stage_dir)):

@@ -17,17 +17,14 @@ import jinja2
 import jinja2.meta
 
 from .errors import CatalogError
-from .paths import STAGES, Paths, check_id
+from .paths import Paths, check_id
+from .stages import STAGES, TABLE
 
 DESCRIPTION_LEVELS = ("sentence", "paragraph", "article")
 GENERATORS = ("llm", "copy")
 # what each stage's templates may reference (see prompts.py)
-TEMPLATE_VARIABLES = {
-    "draft": {"concepts"},
-    "essay": {"draft_block", "links_block"},
-    "evaluation": {"response"},
-}
-DEFAULT_PARSER = {"draft": "identity", "essay": "identity", "evaluation": "in_last_line"}
+TEMPLATE_VARIABLES = {s.name: set(s.template_variables) for s in TABLE}
+DEFAULT_PARSER = {s.name: s.default_parser for s in TABLE}
 LOCAL_PROVIDER = "local"
 # optional llm_models.csv columns, USD per million tokens (daydream plan's cost estimate)
 PRICE_COLUMNS = ("prompt_price_per_mtok", "completion_price_per_mtok")

@@ -12,6 +12,7 @@
     daydream select-top-essays --cohort-id X --template T   # the original's ranked candidate list
     daydream reparse [--cohort ID] [STAGE ID ...]   # parse saved answers again, no LLM call
     daydream build-cohort-from-list --cohort-id X           # a cohort of the selected essays
+    daydream run COHORT [luigi options]   # RunCohort with a progress line (local scheduler by default)
 
 Every subcommand is parsed here (library modules keep only functions); roots come from the
 --data-root/--raw-root/--cohorts-root flags, else luigi.cfg [pipeline]. Errors print one
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from .errors import PipelineError
 from .parsers import SCORE_PARSERS
-from .paths import STAGES, Paths
+from .paths import Paths
+from .stages import STAGES
 
 
 def _paths(args):
@@ -374,7 +376,7 @@ def build_parser():
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("regenerate", help="archive a generation's response and regenerate it (and its dependents)")
-    p.add_argument("stage", choices=["draft", "essay", "evaluation"])
+    p.add_argument("stage", choices=list(STAGES))
     p.add_argument("gen_id")
     _add_roots(p)
     p.set_defaults(func=cmd_regenerate)
@@ -423,7 +425,46 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing membership.csv of the cohort")
     _add_roots(p)
     p.set_defaults(func=cmd_build_cohort_from_list)
+
+    p = sub.add_parser("run", help="run a cohort (RunCohort) with a live progress line; other options go to luigi, "
+                                   "e.g. --workers 4 --scheduler-url http://host:8082/")
+    p.add_argument("cohort_id")
+    p.add_argument("--verbose", action="store_true", help="Luigi's per-task log on the terminal, no progress line")
+    _add_roots(p)
+    p.add_argument("luigi_args", nargs=argparse.REMAINDER, help="luigi options (--workers, --scheduler-url, ...)")
+    p.set_defaults(func=cmd_run)
     return parser
+
+
+def luigi_run_argv(args) -> list:
+    """The luigi command line `daydream run` stands for; this command's own options may come
+    anywhere after the cohort id, everything else goes to luigi."""
+    own = argparse.ArgumentParser(add_help=False)
+    own.add_argument("--verbose", action="store_true")
+    _add_roots(own)
+    mine, rest = own.parse_known_args(args.luigi_args)
+    for name, value in vars(mine).items():
+        setattr(args, name, getattr(args, name) or value)
+    argv = ["--module", "pipeline", "RunCohort", "--cohort-id", args.cohort_id]
+    if not any(a.split("=")[0] in ("--scheduler-url", "--scheduler-host", "--local-scheduler") for a in rest):
+        argv.append("--local-scheduler")
+    for name in ("data_root", "raw_root", "cohorts_root"):
+        if getattr(args, name):
+            argv += [f"--pipeline-{name.replace('_', '-')}", getattr(args, name)]
+    if args.verbose:
+        argv.append("--verbose")
+    return argv + rest
+
+
+def cmd_run(args):
+    from luigi.retcodes import run_with_retcodes
+
+    from . import runlog, tasks
+
+    argv = luigi_run_argv(args)  # (registers the tasks with luigi, sets args.verbose from the options)
+    if not (args.verbose or runlog.log_level_asked(argv)):
+        runlog.quiet_terminal(_paths(args).logs_dir / f"{tasks.THIS_RUN}.log")
+    run_with_retcodes(argv)  # exits with luigi's code (luigi.cfg [retcode])
 
 
 def main(argv=None):

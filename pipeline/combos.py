@@ -7,11 +7,11 @@ import csv
 import io
 import itertools
 import os
-from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import StoreError
 from .ids import combo_id
+from .timestamps import now_iso
 
 FIELDS = ["combo_id", "version", "concept_id", "description_level", "k_max", "created_at"]
 
@@ -48,7 +48,7 @@ def record_combos(path, combos: dict, description_level, k_max) -> int:
     path = Path(path)
     existing = read_mappings(path)
     new_rows = []
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = now_iso(micro=False)
     for cid, concepts in combos.items():
         if cid in existing:
             if existing[cid]["concepts"] != tuple(sorted(concepts)):

@@ -8,7 +8,8 @@ class pipeline(luigi.Config):  # noqa: N801 - the class name is the [pipeline] s
     data_root = luigi.Parameter(default="data")
     raw_root = luigi.Parameter(default="")
     cohorts_root = luigi.Parameter(default="cohorts")
-    chunk_size = luigi.IntParameter(default=200, description="generations scheduled per dynamic chunk")
+    chunk_size = luigi.IntParameter(default=200, description="generations scheduled per chunk (chunks.py)")
+    progress = luigi.BoolParameter(default=True, description="show and report a cohort's progress while it runs")
 
 
 class llm(luigi.Config):  # noqa: N801

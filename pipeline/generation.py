@@ -13,11 +13,12 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from . import claims, lifeline, parsers, prompts
 from .errors import ParseError, PipelineError, StoreError
 from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic, write_text_once
+from .stages import PARENT
+from .timestamps import now_iso, stamp
 
 LINEAGE = ("parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
 
@@ -37,8 +38,6 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def now_iso():
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def load_meta(paths, stage, gen_id) -> dict:
@@ -52,7 +51,7 @@ def load_meta(paths, stage, gen_id) -> dict:
     return meta
 
 
-PARENT_STAGE = {"essay": "draft", "evaluation": "essay"}
+PARENT_STAGE = PARENT
 
 
 def waiting_on(paths, stage, gen_id):
@@ -172,8 +171,8 @@ def reparse_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
         return _run(ctx, meta, gdir, base)
     except PipelineError as exc:
         if (gdir / "parsed.txt").exists():
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            os.replace(gdir / "parsed.txt", gdir / f"parsed.txt.superseded-{stamp}")
+            superseded_at = stamp()
+            os.replace(gdir / "parsed.txt", gdir / f"parsed.txt.superseded-{superseded_at}")
         _fail(ctx, meta, gdir / "metadata.json", base, exc)
         raise
 

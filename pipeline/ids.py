@@ -25,8 +25,9 @@ earlier in the same build, then the generation's metadata.json on disk).
 import hashlib
 
 from .errors import PipelineError
+from .stages import TABLE
 
-PREFIX = {"draft": "d_", "essay": "e_", "evaluation": "v_"}
+PREFIX = {s.name: s.prefix for s in TABLE}
 MAX_VARIANT = 4  # the original tries the plain id and variants -1 .. -4
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
 

@@ -24,7 +24,8 @@ from .events import EventLog
 from .fsio import read_json, write_bytes_atomic, write_json_atomic, write_text_atomic
 from .generation import sha256
 from .membership import MEMBERSHIP_FIELDS, membership_text, spec_folder_hash
-from .paths import STAGES, check_id
+from .paths import Paths, check_id
+from .stages import STAGES
 from .store import file_sha256
 from .stored_gen import emit_completed, lineage, original_score, read_stored
 
@@ -83,7 +84,7 @@ def plan_import(src, paths) -> ImportPlan:
     """Everything the import would do, as plain data. Raises StoreError (nothing written) when
     SRC is unreadable or clashes with what the destination already holds."""
     src = Path(src)
-    if not (src / "gens").is_dir():
+    if not Paths(src).gens_root.is_dir():
         raise StoreError(f"{src}: no gens/ folder; give the original's data folder (the one holding gens/, "
                          f"cohorts/ and combo_mappings.csv)")
     plan = ImportPlan(src)
@@ -95,7 +96,7 @@ def plan_import(src, paths) -> ImportPlan:
         gen = stored.get((stage, gen_id))
         if gen is not None:
             return gen.meta
-        dest = paths.data_root / "gens" / stage / gen_id / "metadata.json"
+        dest = paths.stage_dir(stage) / gen_id / "metadata.json"
         return read_json(dest) if dest.exists() else {}
 
     conflicts = []
@@ -112,7 +113,7 @@ def plan_import(src, paths) -> ImportPlan:
         meta = _enriched(gen, lin, combos, score) if write_meta else None
         plan.gens.append(GenPlan(gen, dest, lin, links, meta, score,
                                  gen.parsed is not None and gen_id not in known_gens))
-    for cohort_dir in sorted(p for p in (src / "cohorts").glob("*") if p.is_dir()):
+    for cohort_dir in sorted(p for p in Paths(src).cohorts_data_root.glob("*") if p.is_dir()):
         plan.cohorts.append(_plan_cohort(cohort_dir, paths, meta_of, known_cohorts, conflicts))
     if conflicts:
         listed = "\n  ".join(conflicts[:_SHOW]) + (f"\n  ... and {len(conflicts) - _SHOW} more"
@@ -125,7 +126,7 @@ def plan_import(src, paths) -> ImportPlan:
 def _read_src_gens(src, warnings) -> dict:
     """(stage, gen_id) -> StoredGen for every generation folder of SRC (metadata must be readable)."""
     stored = {}
-    for stage_dir in sorted(p for p in (src / "gens").iterdir() if p.is_dir()):
+    for stage_dir in sorted(p for p in Paths(src).gens_root.iterdir() if p.is_dir()):
         if stage_dir.name not in STAGES:
             warnings.append(f"gens/{stage_dir.name}: not a stage ({', '.join(STAGES)}); skipped")
             continue

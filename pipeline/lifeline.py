@@ -18,6 +18,7 @@ import signal
 _PR_SET_PDEATHSIG = 1
 _forker = []   # pid of the process about to fork (set just before each fork)
 _parent = []   # in a forked child: the pid of the process that forked it
+_installed = []
 
 
 class ParentGone(BaseException):
@@ -65,7 +66,16 @@ def process_start(pid):
 
 
 def install():
-    os.register_at_fork(before=_before_fork, after_in_child=_in_child)
+    if not _installed:
+        os.register_at_fork(before=_before_fork, after_in_child=_in_child)
+        _installed.append(True)
+
+
+def adopt_parent():
+    """In a process started otherwise than by fork (multiprocessing "spawn"): die with the parent too."""
+    _forker[:] = [os.getppid()]
+    _in_child()
+    install()
 
 
 def check_parent():

@@ -41,7 +41,8 @@ from .catalog import DESCRIPTION_LEVELS, Catalog
 from .combos import generate_combos, read_mappings
 from .errors import PipelineError, SpecError, StoreError
 from .fsio import read_json
-from .paths import STAGES, Paths, check_id
+from .paths import Paths, check_id
+from .stages import STAGES
 from .spec import compile_spec, load_spec
 
 MEMBERSHIP_FIELDS = ["stage", "gen_id", "origin_cohort_id", "parent_gen_id", "combo_id", "template_id",

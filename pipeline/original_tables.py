@@ -25,6 +25,7 @@ import pandas as pd
 from .errors import PipelineError, StoreError
 from .fsio import remove_stale_tmp, write_if_changed, write_text_atomic
 from .membership import read_membership
+from .paths import Paths
 
 log = logging.getLogger("luigi-interface")
 
@@ -77,7 +78,7 @@ def normalized_rows(evaluations, data_root) -> list:
 
     A dict with only a ``gen_id`` gives the row the original writes for an evaluation it cannot
     find: no lineage, ``error = missing parsed.txt``. Paths are absolute, as the original's."""
-    gens = Path(data_root).resolve() / "gens"
+    gens = Paths(Path(data_root).resolve()).gens_root
     rows = []
     for ev in evaluations:
         get = ev.get

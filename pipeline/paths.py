@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import PipelineError
+from .stages import STAGE, STAGES
 
-STAGES = ("draft", "essay", "evaluation")
 # ids end up as folder names: keep them to a safe, portable alphabet
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")
 
@@ -94,12 +94,17 @@ class Paths:
         """Ids of the cohorts with a spec in any spec location."""
         found = set()
         for root, pattern in ((self.cohorts_root, "*/spec.yaml"), (self.cohorts_root, "*/spec/config.yaml"),
-                              (self.data_root / "cohorts", "*/spec/config.yaml")):
+                              (self.cohorts_data_root, "*/spec/config.yaml")):
             found.update(p.relative_to(root).parts[0] for p in root.glob(pattern))
         return sorted(found)
 
+    @property
+    def cohorts_data_root(self):
+        """data/cohorts: what each cohort's runs wrote (its spec lives under cohorts_root)."""
+        return self.data_root / "cohorts"
+
     def cohort_dir(self, cohort_id):
-        return self.data_root / "cohorts" / check_id(cohort_id, "cohort id")
+        return self.cohorts_data_root / check_id(cohort_id, "cohort id")
 
     def membership_csv(self, cohort_id):
         return self.cohort_dir(cohort_id) / "membership.csv"
@@ -118,10 +123,14 @@ class Paths:
         return self.data_root / "combo_mappings.csv"
 
     # generations
+    @property
+    def gens_root(self):
+        return self.data_root / "gens"
+
     def stage_dir(self, stage):
         if stage not in STAGES:
             raise PipelineError(f"unknown stage {stage!r}: use one of {', '.join(STAGES)}")
-        return self.data_root / "gens" / stage
+        return self.gens_root / STAGE[stage].folder
 
     def gen_dir(self, stage, gen_id):
         return self.stage_dir(stage) / check_id(gen_id, "generation id")
@@ -129,6 +138,10 @@ class Paths:
     @property
     def events_dir(self):
         return self.data_root / "events"
+
+    @property
+    def logs_dir(self):
+        return self.data_root / "logs"
 
     @property
     def tables_dir(self):

@@ -7,13 +7,12 @@ calls for them. Cohort run markers are removed so RunCohort runs again.
     >>> regenerate(paths, "draft", "d_abc")    # -> lines describing what was moved
 """
 import os
-import time
 
 from .errors import PipelineError
 from .fsio import read_json
-from .paths import STAGES
+from .timestamps import stamp as stamp_now
+from .stages import CHILD as CHILD_STAGE, STAGES
 
-CHILD_STAGE = {"draft": "essay", "essay": "evaluation"}
 
 
 def dependents(paths, stage, gen_id) -> list:
@@ -21,7 +20,7 @@ def dependents(paths, stage, gen_id) -> list:
     out, frontier = [], {gen_id}
     child = CHILD_STAGE.get(stage)
     while child and frontier:
-        child_dir = paths.data_root / "gens" / child
+        child_dir = paths.stage_dir(child)
         found = set()
         if child_dir.is_dir():
             for gid in sorted(os.listdir(child_dir)):
@@ -38,8 +37,8 @@ def regenerate(paths, stage, gen_id) -> list:
         raise PipelineError(f"unknown stage {stage!r}")
     gdir = paths.gen_dir(stage, gen_id)
     if not (gdir / "metadata.json").exists():
-        raise PipelineError(f"{stage} {gen_id}: no such generation under {paths.data_root / 'gens' / stage}")
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        raise PipelineError(f"{stage} {gen_id}: no such generation under {paths.stage_dir(stage)}")
+    stamp = stamp_now()
     moved = []
     for s, g in [(stage, gen_id)] + dependents(paths, stage, gen_id):
         d = paths.gen_dir(s, g)
@@ -47,7 +46,7 @@ def regenerate(paths, stage, gen_id) -> list:
             if (d / name).exists():
                 os.replace(d / name, d / f"{name}.superseded-{stamp}")
                 moved.append(f"{s} {g}: {name} -> {name}.superseded-{stamp}")
-    cohorts = paths.data_root / "cohorts"
+    cohorts = paths.cohorts_data_root
     if cohorts.is_dir():
         for marker in cohorts.glob("*/run_complete.json"):
             marker.unlink()

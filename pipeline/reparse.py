@@ -13,7 +13,8 @@ from .errors import PipelineError
 from .events import EventLog
 from .generation import GenContext, reparse_generation
 from .membership import read_membership
-from .paths import STAGES, check_id
+from .paths import check_id
+from .stages import STAGES
 
 
 def cohort_targets(paths, cohort_id, include_done=False) -> list:

@@ -25,7 +25,7 @@ from .combos import read_mappings
 from .errors import PipelineError, StoreError
 from .fsio import write_if_changed
 from .membership import read_membership
-from .paths import STAGES
+from .stages import STAGES
 from .replay import PIVOT_INDEX, TABLES, load_tables
 
 TOP_N = 5

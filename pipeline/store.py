@@ -12,9 +12,9 @@ from pathlib import Path
 from .combos import record_combos
 from .errors import StoreError
 from .fsio import read_json, write_if_changed, write_json_atomic
-from .generation import now_iso
+from .timestamps import now_iso
 from .membership import MEMBERSHIP_FIELDS, spec_folder_hash
-from .paths import STAGES
+from .stages import STAGES
 
 STAGE_ORDER = {stage: i for i, stage in enumerate(STAGES)}
 

@@ -21,9 +21,9 @@ from .errors import ParseError, StoreError
 from .fsio import read_json
 from .generation import LINEAGE
 from .parsers import parse_score
+from .stages import PARENT as PARENT_STAGE
 from .store import file_sha256
 
-PARENT_STAGE = {"essay": "draft", "evaluation": "essay"}
 # older originals spelled template_id per stage (ORIGINAL_OUTPUTS 1.1)
 _TEMPLATE_ALIASES = ("template_id", "draft_template", "essay_template_id", "evaluation_template")
 

@@ -4,28 +4,31 @@
     luigi --module pipeline BuildCohort --cohort-id demo --local-scheduler
     luigi --module pipeline EvaluationTask --gen-id v_abc --local-scheduler
 
-RunCohort runs the generations in chunks ([pipeline] chunk_size), each chunk with a fresh local
-scheduler and the same --workers, also when the run talks to a luigid: a Luigi scheduler holds
-every task it has seen until its worker exits, so one scheduler for a whole cohort costs O(n^2)
-(see bench/scale_bench.py). Completion is checked in bulk, from files on disk.
+Each task says what it needs (``requires``), what it makes (``output``) and does it (``run``).
+A generation's output is its ``GenerationTarget``: parsed.txt, or - for the tasks RunCohort
+schedules - settled in this run (failed, blocked behind a failure, or being bought by another
+process), so that the cohort goes on past failures and the next run retries them. A generation
+that fails raises, so Luigi (and a luigid's visualiser) shows it FAILED with its reason and the
+generations that need it as blocked.
+
+RunCohort hands its generations to Luigi in chunks (chunks.py says why and how); with a luigid
+(--scheduler-url / --scheduler-host) they go through it, so the visualiser shows every one.
 
 Several runs may overlap (on one machine or many sharing data/, with or without a luigid): each
 generation is bought under a claim (claims.py); a run skips what another live process is buying
 and waits for it before it finishes. Every task carries its process's run id, so that processes
-sharing a luigid never share a task and luigi's exit code speaks for each process (``_RunTask``).
+sharing a luigid never share a task and luigi's exit code speaks for each process.
 """
+import dataclasses
+import functools
 import logging
-import os
-import threading
+import sys
 import time
 import uuid
 
 import luigi
-import luigi.worker
-from luigi.cmdline_parser import CmdlineParser
-from luigi.interface import core
 
-from . import claims, generation, lifeline
+from . import chunks, claims, generation, lifeline, progress, runlog
 from .catalog import load_catalog
 from .config import llm as llm_config, pipeline as pipeline_config
 from .errors import PipelineError
@@ -34,44 +37,50 @@ from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_ato
 from .llm import Backends
 from .membership import compile_cohort, read_membership
 from .paths import Paths
+from .timestamps import now_iso, stamp
 from . import store
 
 log = logging.getLogger("luigi-interface")
 
-# One id per luigi process (forked task processes inherit it). A generation that failed during this
-# run counts as finished for this run (so the cohort goes on), and is retried by the next run.
-RUN_ID = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-RUN_STARTED = generation.now_iso()
+# The default run id of the tasks of this luigi process (its forked task processes share it).
+THIS_RUN = f"{stamp()[:-1]}-{uuid.uuid4().hex[:8]}"
+RUN_STARTED = now_iso()  # what this process's run did is what was written after this
 lifeline.install()  # task processes forked from here on die with their parent
-# how often a run looks again at generations other processes are buying
-WAIT_POLL_S = 1.0
-
-_CONTEXT = {}
-_PATHS = []  # [(key, Paths)]: the last config seen and its Paths
 
 
-def config_paths():
-    """``Paths.from_config()``, cached while the config stays the same.
-
-    Building a luigi Config costs about a millisecond; tasks ask for their paths many times each."""
-    parser = luigi.configuration.get_config()
-    section = tuple(parser.items("pipeline")) if parser.has_section("pipeline") else ()
-    cmdline = CmdlineParser.get_instance()
-    if not _PATHS or _PATHS[0][0][0] is not cmdline or _PATHS[0][0][1] != section:
-        _PATHS[:] = [((cmdline, section), Paths.from_config())]
-    return _PATHS[0][1]
+@functools.lru_cache(maxsize=4)
+def _shared_context(paths):
+    """Catalog, event writer, LLM backends and settings, built once per process and data folder
+    (forked task processes inherit them): loading the catalog parses every template."""
+    return generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
+                                 Backends.from_config(paths.data_root), claim_lease_s=llm_config().claim_lease_s)
 
 
-def context(cohort_id=None):
-    """Paths, catalog, event writer and LLM backends, built once per process."""
-    paths = config_paths()
-    key = (paths.data_root, paths.raw_root)
-    if key not in _CONTEXT:
-        _CONTEXT[key] = generation.GenContext(paths, load_catalog(paths), EventLog(paths.events_dir),
-                                              Backends.from_config(paths.data_root))
-    ctx = _CONTEXT[key]
-    return generation.GenContext(ctx.paths, ctx.catalog, ctx.events, ctx.backends, cohort_id, RUN_ID,
-                                 llm_config().claim_lease_s)
+def gen_context(paths, run_id, cohort_id=None):
+    return dataclasses.replace(_shared_context(paths), cohort_id=cohort_id, run_id=run_id)
+
+
+class GenerationTarget(luigi.Target):
+    """A generation's parsed.txt; with ``settled_counts``, also "settled in run ``run_id``": it failed
+    or was blocked in that run (failed.json names the run), or another live process is buying it.
+    RunCohort's tasks count settled as finished: the cohort goes on, the next run tries again."""
+
+    def __init__(self, paths, stage, gen_id, run_id, settled_counts=False):
+        self.gen_dir = paths.gen_dir(stage, gen_id)
+        self.paths, self.stage, self.gen_id, self.run_id = paths, stage, gen_id, run_id
+        self.settled_counts = settled_counts
+        self.deferred = False  # set when this process found it claimed elsewhere (that claim may end soon)
+
+    @property
+    def path(self):
+        return self.gen_dir / "parsed.txt"
+
+    def exists(self):
+        if self.path.exists():
+            return True
+        return self.settled_counts and (
+            self.deferred or store.failed_in_run(self.gen_dir, self.run_id)
+            or generation.waiting_on(self.paths, self.stage, self.gen_id) is not None)
 
 
 class _RunTask(luigi.Task):
@@ -80,7 +89,11 @@ class _RunTask(luigi.Task):
     non-zero (luigi.cfg [retcode]) although everything is done. With the run id in every task id,
     processes sharing a luigid never share a task; claims keep them from buying the same generation."""
 
-    run_id = luigi.Parameter(default=RUN_ID, description="defaults to this process's run id")
+    run_id = luigi.Parameter(default=THIS_RUN, description="defaults to this process's run id")
+
+    @functools.cached_property
+    def paths(self):
+        return Paths.from_config()
 
 
 class BuildCohort(_RunTask):
@@ -89,14 +102,14 @@ class BuildCohort(_RunTask):
     cohort_id = luigi.Parameter()
 
     def output(self):
-        return luigi.LocalTarget(config_paths().membership_csv(self.cohort_id))
+        return luigi.LocalTarget(self.paths.membership_csv(self.cohort_id))
 
     def complete(self):
-        paths = config_paths()
-        return store.cohort_is_current(paths, self.cohort_id, context().catalog)
+        # current, not merely present: the spec or the catalog may have changed since
+        return store.cohort_is_current(self.paths, self.cohort_id, _shared_context(self.paths).catalog)
 
     def run(self):
-        ctx = context(self.cohort_id)
+        ctx = gen_context(self.paths, self.run_id, self.cohort_id)
         remove_stale_tmp(ctx.paths.cohort_dir(self.cohort_id))
         cohort = compile_cohort(ctx.paths, self.cohort_id, ctx.catalog)
         changed = store.write_cohort(ctx.paths, cohort, ctx.events)
@@ -106,101 +119,74 @@ class BuildCohort(_RunTask):
 class _GenerationTask(_RunTask):
     gen_id = luigi.Parameter()
     cohort_id = luigi.Parameter(default="", significant=False)
-    # RunCohort sets this: a failed generation is recorded and the cohort goes on
+    # RunCohort sets this: settled (failed, blocked, bought elsewhere) counts as finished for this run
     keep_going = luigi.BoolParameter(default=False, significant=False)
     stage = None
     parent_task = None
 
-    @property
-    def _paths(self):
-        return config_paths()
-
-    def _meta(self):
-        # requires() and resources read the lineage, which never changes: read metadata.json once
-        gdir = self._paths.gen_dir(self.stage, self.gen_id)
-        cached = self.__dict__.get("_lineage")
-        if cached is None or cached[0] != gdir:
-            cached = self._lineage = (gdir, generation.load_meta(self._paths, self.stage, self.gen_id))
-        return cached[1]
+    @functools.cached_property
+    def meta(self):
+        """The seeded metadata (lineage, template, model), which a run never changes; None if unreadable
+        (run() then fails with the reason)."""
+        try:
+            return generation.load_meta(self.paths, self.stage, self.gen_id)
+        except PipelineError:
+            return None
 
     def requires(self):
-        if self.parent_task is None:
+        if self.parent_task is None or self.meta is None:
             return []
-        try:
-            parent = self._meta()["parent_gen_id"]
-        except PipelineError:
-            return []  # unreadable metadata: run() fails with the reason, and it is recorded
-        return self.parent_task(gen_id=parent, cohort_id=self.cohort_id, keep_going=self.keep_going)
+        return self.parent_task(gen_id=self.meta["parent_gen_id"], cohort_id=self.cohort_id,
+                                keep_going=self.keep_going, run_id=self.run_id)
 
     @property
     def resources(self):
         try:
-            meta = self._meta()
-            ctx = context()
-            if ctx.catalog.templates[self.stage][meta["template_id"]].generator == "copy":
+            catalog = _shared_context(self.paths).catalog
+            if catalog.templates[self.stage][self.meta["template_id"]].generator == "copy":
                 return {}
-            return {ctx.catalog.models[meta["llm_model_id"]].pool: 1}
-        except (PipelineError, KeyError):
+            return {catalog.models[self.meta["llm_model_id"]].pool: 1}
+        except (PipelineError, KeyError, TypeError):
             return {}  # run() reports the problem with a clear message
 
+    @functools.cached_property
+    def _target(self):
+        return GenerationTarget(self.paths, self.stage, self.gen_id, self.run_id, settled_counts=self.keep_going)
+
     def output(self):
-        return luigi.LocalTarget(self._paths.gen_dir(self.stage, self.gen_id) / "parsed.txt")
+        return self._target
 
-    def complete(self):
-        gdir = self._paths.gen_dir(self.stage, self.gen_id)
-        if (gdir / "parsed.txt").exists():
-            return True
-        if self.__dict__.pop("_deferred", False):
-            return True  # luigi's check right after run() found it claimed elsewhere (that claim may be gone by now)
-        # failed, or being bought by another process: finished as far as this pass of RunCohort goes
-        return self.keep_going and (store.failed_in_run(gdir, RUN_ID) or
-                                    generation.waiting_on(self._paths, self.stage, self.gen_id) is not None)
-
-    def _blocked_by(self):
-        """The failed ancestor ("stage gen_id") when the parent has no output but a failure record.
-
-        Luigi runs this task only once the parent task is complete, so such a parent failed in
-        this run - in this process or, with luigid, in another one."""
-        if self.parent_task is None or not self.keep_going:
-            return None
-        try:
-            parent = self._meta()["parent_gen_id"]
-        except PipelineError:
-            return None
-        stage = self.parent_task.stage
-        return store.failed_root(self._paths.gen_dir(stage, parent), stage, parent)
+    def _label(self):
+        meta = self.meta or {}
+        return f"{self.stage} {meta.get('template_id', '?')} {meta.get('llm_model_id') or 'copy'}"
 
     def run(self):
-        ctx = context(self.cohort_id or None)
-        root = self._blocked_by()
-        if root:  # not a failure of its own: reported once, as blocked, naming the failed ancestor
-            log.info("BLOCKED %s %s: %s failed", self.stage, self.gen_id, root)
-            store.mark_blocked(self._paths.gen_dir(self.stage, self.gen_id), RUN_ID, root)
-            self.set_status_message(f"blocked: {root} failed")
-            return
-        self.set_status_message(f"{self.stage} {self.gen_id}: running")
-        self.set_progress_percentage(0)
+        self.set_status_message(f"{self._label()}: running")
         started = time.monotonic()
         try:
-            outcome = generation.run_generation(ctx, self.stage, self.gen_id)
+            outcome = generation.run_generation(gen_context(self.paths, self.run_id, self.cohort_id or None),
+                                                self.stage, self.gen_id)
         except claims.ClaimedElsewhere as busy:
             if not self.keep_going:
                 raise PipelineError(f"{busy}; run it again once that process is done") from None
             log.info("skipped for now: %s", busy)
-            self.set_status_message(f"claimed elsewhere: {busy}")
-            self._deferred = True
+            self.set_status_message(f"{self._label()}: claimed elsewhere: {busy}")
+            self._target.deferred = True
             return
         except PipelineError as exc:
             reason = str(exc).removeprefix(f"{self.stage} {self.gen_id}: ")  # said once, in front
             log.warning("FAILED %s %s: %s", self.stage, self.gen_id, reason)
-            if not self.keep_going:
-                raise
-            store.mark_failed(self._paths.gen_dir(self.stage, self.gen_id), RUN_ID, exc)
-            self.set_status_message(f"failed: {reason}")
-            return
-        log.info("%s %s %s in %.1fs", outcome, self.stage, self.gen_id, time.monotonic() - started)
-        self.set_status_message(f"{outcome} in {time.monotonic() - started:.1f}s")
-        self.set_progress_percentage(100)
+            if self.keep_going:
+                store.mark_failed(self.gen_dir, self.run_id, exc)
+            self.set_status_message(f"{self._label()}: failed: {reason}")
+            raise  # FAILED in luigi's summary and visualiser; RunCohort counts it settled and goes on
+        took = time.monotonic() - started
+        log.info("%s %s %s in %.1fs", outcome, self.stage, self.gen_id, took)
+        self.set_status_message(f"{self._label()}: {outcome} in {took:.1f}s")
+
+    @property
+    def gen_dir(self):
+        return self.paths.gen_dir(self.stage, self.gen_id)
 
 
 class DraftTask(_GenerationTask):
@@ -220,28 +206,40 @@ class EvaluationTask(_GenerationTask):
 TASK_BY_STAGE = {"draft": DraftTask, "essay": EssayTask, "evaluation": EvaluationTask}
 
 
+def generation_task(row, cohort_id, run_id):
+    """The task RunCohort schedules for a membership row."""
+    return TASK_BY_STAGE[row["stage"]](gen_id=row["gen_id"], cohort_id=cohort_id, keep_going=True, run_id=run_id)
+
+
+class _StateTarget(luigi.Target):
+    """A file holding the event log state (store.log_state) that its task's outputs reflect."""
+
+    def __init__(self, path, state):
+        self.path, self.state = path, state
+
+    def exists(self):
+        try:
+            return bool(self.state) and open(self.path, encoding="utf-8").read().strip() == self.state
+        except FileNotFoundError:
+            return False
+
+
 class ReplayResults(_RunTask):
     """Fold the event log into data/tables/. ``log_state`` names the log contents it reflects."""
 
     log_state = luigi.Parameter(default="")
 
     def output(self):
-        return luigi.LocalTarget(config_paths().tables_dir / "_replayed_state.txt")
-
-    def complete(self):
-        target = self.output()
-        return bool(self.log_state) and target.exists() and \
-            open(target.path, encoding="utf-8").read().strip() == self.log_state
+        return _StateTarget(self.paths.tables_dir / "_replayed_state.txt", self.log_state)
 
     def run(self):
         from .original_tables import write_cross_experiment_tables
         from .replay import replay
 
-        paths = config_paths()
-        state = self.log_state or store.log_state(paths)
-        remove_stale_tmp(paths.tables_dir)
-        stats = replay(paths.events_dir, paths.tables_dir)
-        write_cross_experiment_tables(paths.data_root, paths.tables_dir)
+        state = self.log_state or store.log_state(self.paths)
+        remove_stale_tmp(self.paths.tables_dir)
+        stats = replay(self.paths.events_dir, self.paths.tables_dir)
+        write_cross_experiment_tables(self.paths.data_root, self.paths.tables_dir)
         write_text_atomic(self.output().path, state + "\n")
         self.set_status_message(str(stats))
 
@@ -253,60 +251,39 @@ class CohortReport(_RunTask):
     log_state = luigi.Parameter(default="")
 
     def requires(self):
-        return ReplayResults(log_state=self.log_state)
+        return ReplayResults(log_state=self.log_state, run_id=self.run_id)
 
     def output(self):
-        return luigi.LocalTarget(config_paths().reports_dir(self.cohort_id) / "summary.md")
-
-    def complete(self):
-        state_file = config_paths().reports_dir(self.cohort_id) / "_state.txt"
-        return bool(self.log_state) and state_file.exists() and \
-            state_file.read_text(encoding="utf-8").strip() == self.log_state
+        return _StateTarget(self.paths.reports_dir(self.cohort_id) / "_state.txt", self.log_state)
 
     def run(self):
         from .html_report import write_cohort_html
         from .original_tables import write_cohort_tables
         from .reports import write_cohort_report
 
-        paths = config_paths()
+        paths = self.paths
         for folder in (paths.reports_dir(self.cohort_id), paths.results_dir(self.cohort_id)):
             remove_stale_tmp(folder)
         write_cohort_report(paths, self.cohort_id)
         write_cohort_tables(paths, self.cohort_id)
         write_cohort_html(paths, self.cohort_id)
-        write_text_atomic(paths.reports_dir(self.cohort_id) / "_state.txt", self.log_state + "\n")
+        write_text_atomic(self.output().path, self.log_state + "\n")
 
 
-def _fresh_fork_lock():
-    # Luigi forks task processes while holding luigi.worker.fork_lock, so a forked RunCohort would
-    # inherit it held and deadlock as soon as its own chunk worker forks (--workers > 1).
-    luigi.worker.fork_lock = threading.Lock()
+class _CohortDoneTarget(luigi.Target):
+    """run_complete.json, written for the current membership, and no generation left without output."""
 
+    def __init__(self, paths, cohort_id):
+        self.paths, self.cohort_id = paths, cohort_id
+        self.path = paths.cohort_dir(cohort_id) / "run_complete.json"
 
-os.register_at_fork(after_in_child=_fresh_fork_lock)
-
-
-def _build_chunk(tasks):
-    """Run one chunk with a local scheduler of its own.
-
-    Luigi's scheduler keeps every finished task of a worker until the worker exits and walks
-    them all on each request for work, so one scheduler for a whole cohort costs O(n^2)."""
-    if not luigi.build(tasks, local_scheduler=True, workers=core().workers):
-        log.warning("some generations of this chunk did not finish; see the log above")
-
-
-def _claimed_elsewhere(paths, rows):
-    """{gen_id: ClaimedElsewhere} of the pending ``rows`` (parents first) that another live process
-    is buying, or whose unfinished parent it is buying."""
-    busy = {}
-    for row in rows:
-        gdir = paths.gen_dir(row["stage"], row["gen_id"])
-        owner = claims.holder(gdir)
-        if owner is not None:
-            busy[row["gen_id"]] = claims.ClaimedElsewhere(gdir, owner)
-        elif row.get("parent_gen_id") in busy:
-            busy[row["gen_id"]] = busy[row["parent_gen_id"]]
-    return busy
+    def exists(self):
+        membership = self.paths.membership_csv(self.cohort_id)
+        if not self.path.exists() or not membership.exists():
+            return False
+        rows = read_membership(membership)
+        return not store.pending(self.paths, rows) and \
+            read_json(self.path).get("membership_sha256") == store.file_sha256(membership)
 
 
 class RunCohort(_RunTask):
@@ -314,68 +291,54 @@ class RunCohort(_RunTask):
 
     cohort_id = luigi.Parameter()
     chunk_size = luigi.IntParameter(default=0, significant=False, description="0: [pipeline] chunk_size")
+    verbose = luigi.BoolParameter(default=False, significant=False,
+                                  description="Luigi's per-task log on the terminal instead of the progress line")
 
     def requires(self):
-        return BuildCohort(cohort_id=self.cohort_id)
+        return BuildCohort(cohort_id=self.cohort_id, run_id=self.run_id)
 
     def output(self):
-        return luigi.LocalTarget(config_paths().cohort_dir(self.cohort_id) / "run_complete.json")
+        return _CohortDoneTarget(self.paths, self.cohort_id)
 
     def complete(self):
-        paths = config_paths()
-        out = self.output()
-        if not out.exists() or not BuildCohort(cohort_id=self.cohort_id).complete():
-            return False
-        rows = read_membership(paths.membership_csv(self.cohort_id))
-        return not store.pending(paths, rows) and \
-            read_json(out.path).get("membership_sha256") == store.file_sha256(paths.membership_csv(self.cohort_id))
-
-    def _wait_for_others(self, total, todo, busy):
-        """Sleep while other live processes buy what is left; say so now and then."""
-        message = (f"{total - len(todo)}/{total} generations finished; waiting for {len(busy)} that other "
-                   f"processes are buying (e.g. {next(iter(busy.values()))})")
-        self.set_status_message(message)
-        if time.monotonic() - self.__dict__.get("_said_at", -1e9) >= 10:
-            log.info("cohort %s: %s", self.cohort_id, message)
-            self._said_at = time.monotonic()
-        time.sleep(WAIT_POLL_S)
+        # the cohort is done only for the current spec and catalog
+        return self.requires().complete() and self.output().exists()
 
     def run(self):
-        paths = config_paths()
+        paths = self.paths
         rows = read_membership(paths.membership_csv(self.cohort_id))
-        size = self.chunk_size or pipeline_config().chunk_size
-        total = len(rows)
-        todo = store.pending(paths, rows, run_id=RUN_ID)
-        stalled = 0
-        while todo:
-            busy = _claimed_elsewhere(paths, todo)
-            ready = [r for r in todo if r["gen_id"] not in busy]
-            for start in range(0, len(ready), size):
-                done = total - len(todo) + start
-                self.set_progress_percentage(round(100 * done / max(total, 1)))
-                self.set_status_message(f"{done}/{total} generations finished")
-                tasks = [TASK_BY_STAGE[r["stage"]](gen_id=r["gen_id"], cohort_id=self.cohort_id, keep_going=True)
-                         for r in ready[start:start + size]]
-                _build_chunk(tasks)
-            if busy and not ready:
-                self._wait_for_others(total, todo, busy)
-            left = store.pending(paths, rows, run_id=RUN_ID)
-            # a pass that finished nothing is normal while others work; twice with nobody to wait for, it is a bug
-            stalled = 0 if busy or len(left) < len(todo) else stalled + 1
-            if stalled >= 2:
-                raise PipelineError(f"cohort {self.cohort_id}: {len(left)} generation(s) neither finished nor "
-                                    f"failed cleanly (e.g. {left[0]['stage']} {left[0]['gen_id']}); see the log "
-                                    f"above for the error")
-            todo = left
-        self.set_progress_percentage(100)
-        state = store.log_state(paths)
-        yield CohortReport(cohort_id=self.cohort_id, log_state=state)
+        if store.pending(paths, rows, run_id=self.run_id):  # (none left when run() starts over after the report)
+            self._run_generations(rows)
+        yield CohortReport(cohort_id=self.cohort_id, log_state=store.log_state(paths), run_id=self.run_id)
         summary = store.run_summary(paths, rows, RUN_STARTED)
+        print(f"cohort {self.cohort_id}: {store.format_summary(summary)}", flush=True)
         log.info("cohort %s: %s", self.cohort_id, store.format_summary(summary))
         if summary["failed"] or summary["blocked"]:
             raise PipelineError(f"cohort {self.cohort_id}: {summary['failed']} generation(s) failed, "
                                 f"{summary['blocked']} more blocked behind them; `daydream status "
                                 f"{self.cohort_id}` says why, and what to run where a rerun alone will not do")
         write_json_atomic(self.output().path, {
-            "run_id": RUN_ID, "finished_at": generation.now_iso(), "summary": summary,
+            "run_id": self.run_id, "finished_at": now_iso(), "summary": summary,
             "membership_sha256": store.file_sha256(paths.membership_csv(self.cohort_id))})
+
+    def _run_generations(self, rows):
+        """Every pending generation, in chunks (chunks.py), with Luigi's per-task log in the run's log
+        file and the progress display meanwhile."""
+        verbose = self.verbose or runlog.log_level_asked(sys.argv)
+        log_file = self.paths.logs_dir / f"{self.run_id}.log"
+        plan = chunks.Plan(paths=self.paths, cohort_id=self.cohort_id, run_id=self.run_id,
+                           chunk_size=self.chunk_size or pipeline_config().chunk_size,
+                           scheduler=chunks.scheduler_of_this_run(), log_file=str(log_file), verbose=verbose)
+        chunks.warn_about_pools(plan, _shared_context(self.paths).catalog, rows)
+        with runlog.chatter_to(log_file, verbose):
+            if not pipeline_config().progress:
+                return chunks.run_in_fresh_process_if_forked(plan)
+            tally = progress.Tally(self.paths, rows, self.run_id, RUN_STARTED)
+            with progress.Display(tally, self.cohort_id, report=self._report, live=not verbose) as display:
+                chunks.run_in_fresh_process_if_forked(plan)
+            log.info("cohort %s: the progress display used %.3fs of CPU", self.cohort_id, display.cpu_s)
+
+    def _report(self, percent, message):
+        """Progress for luigi (a luigid's visualiser shows it on RunCohort's row)."""
+        self.set_progress_percentage(percent)
+        self.set_status_message(message)

@@ -41,7 +41,9 @@ def test_two_workers_one_scheduler_buy_each_generation_once(tmp_path, project, m
 
     write_spec(project, "c1", SPEC_42)
     srv = make_stub(latency=0.1)
-    with luigid(tmp_path / "luigid") as (url, *_):
+    # started as scripts/luigid does: with the project's config, so it has the model pools ([resources])
+    with luigid(tmp_path / "luigid", env=command_env({"LUIGI_CONFIG_PATH": str(project.root / "luigi.cfg")})) \
+            as (url, *_):
         procs, logs = [], []
         try:
             # distinct command lines: luigi's lock refuses a second identical command on one machine
