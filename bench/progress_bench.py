@@ -20,22 +20,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import RAW_ROOT, command_env, make_project  # noqa: E402
 from bench.scale_bench import SIZES, spec_yaml  # noqa: E402
-from pipeline.stub_server import StubProcess  # noqa: E402
+from tests.support.project import RAW_ROOT, command_env, make_project, write_spec  # noqa: E402
+from tests.support.stub_server import StubProcess  # noqa: E402
 
 DISPLAY_CPU = re.compile(r"the progress display used ([0-9.]+)s of CPU")
 
 
 def one_run(workdir, n, progress, workers):
-    project = make_project(workdir / f"run{n}-{'on' if progress else 'off'}", "c1", spec_yaml(*SIZES["1k"]),
+    project = make_project(workdir / f"run{n}-{'on' if progress else 'off'}",
                            progress="true" if progress else "false")
-    server = StubProcess(project / "requests.tsv", "--latency", "0", cwd=REPO, env=command_env())
+    write_spec(project, "c1", spec_yaml(*SIZES["1k"]))
+    server = StubProcess(project.root / "requests.tsv", "--latency", "0", env=command_env())
     cmd = [str(Path(sys.executable).parent / "luigi"), "--module", "pipeline", "RunCohort", "--cohort-id", "c1",
            "--local-scheduler", "--no-lock", "--workers", str(workers), "--pipeline-raw-root", str(RAW_ROOT)]
     try:
         started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=project, env=command_env(DAYDREAM_LLM_BASE_URL=server.base_url),
+        proc = subprocess.run(cmd, cwd=project.root, env=command_env(base_url=server.base_url),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         elapsed = time.perf_counter() - started
     finally:

@@ -20,7 +20,7 @@ from .fsio import read_json
 from .errors import StoreError
 from .stages import STAGES
 
-POLL_S = 1.0          # how often the display looks at the files
+POLL_S = 2.0          # how often the display looks at the files (each look stats the unsettled rows)
 PLAIN_EVERY_S = 5.0   # a plain line this often when the output is not a terminal
 
 
