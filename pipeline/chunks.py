@@ -152,7 +152,7 @@ def settle_blocked(paths, rows, run_id):
                 root = store.failed_root(parent_dir, parent_stage, row["parent_gen_id"])
         if root:
             store.mark_blocked(paths.gen_dir(row["stage"], row["gen_id"]), run_id, root)
-            log.info("BLOCKED %s %s: %s failed", row["stage"], row["gen_id"], root)
+            log.warning("BLOCKED %s %s: %s failed", row["stage"], row["gen_id"], root)
             settled[row["gen_id"]] = root
         else:
             left.append(row)
@@ -180,7 +180,7 @@ def run(plan):
             time.sleep(WAIT_POLL_S)
         elif busy and not ready:
             if time.monotonic() - said_at >= 10:
-                log.info("cohort %s: %d/%d generations finished; waiting for %d that other processes are buying "
+                log.warning("cohort %s: %d/%d generations finished; waiting for %d that other processes are buying "
                          "(e.g. %s)", plan.cohort_id, len(rows) - len(todo), len(rows), len(busy),
                          next(iter(busy.values())))
                 said_at = time.monotonic()

@@ -1,6 +1,6 @@
-"""Where Luigi's per-task log goes during a run: a file under data/logs/, and the terminal only
-when asked for (--verbose, or luigi's own --log-level) or when the output is not a terminal (a CI
-log, a redirect), where nothing else would show what happened.
+"""Where Luigi's per-task log goes during a run: a file under data/logs/. stderr (a terminal, a CI
+log or a redirect) keeps warnings and errors - a failed generation is a warning - and gets the
+INFO chatter only when asked for (--verbose, or luigi's own --log-level).
 
     >>> with chatter_to(Path("data/logs/run.log"), verbose=False): ...
 """
@@ -19,32 +19,32 @@ def log_level_asked(argv) -> bool:
     return any(a == "--log-level" or a.startswith("--log-level=") for a in argv)
 
 
-def _to_terminal(handler) -> bool:
+def _to_console(handler) -> bool:
     stream = getattr(handler, "stream", None)
-    return isinstance(handler, logging.StreamHandler) and stream is not None and \
-        stream in (sys.stderr, sys.stdout) and stream.isatty()
+    return isinstance(handler, logging.StreamHandler) and stream in (sys.stderr, sys.stdout)
 
 
 @contextlib.contextmanager
 def chatter_to(log_file, verbose):
-    """Add a file handler for the run's log; unless ``verbose``, take the terminal's handlers off
-    meanwhile (this process only; luigi's own lines before and after the run stay)."""
+    """Add a file handler for the run's log; unless ``verbose``, the console's handlers pass only
+    warnings and errors meanwhile (this process only; luigi's own lines before and after the run stay)."""
     there = any(isinstance(h, RunLogHandler) and h.baseFilename == str(Path(log_file).absolute())
                 for name in LOGGERS for h in logging.getLogger(name).handlers)
     file_handler = logging.NullHandler() if there else _file_handler(log_file)  # `daydream run` set it up
-    removed = []
+    raised = []  # (handler, its level before)
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.addHandler(file_handler)
         if not verbose:
-            for handler in [h for h in logger.handlers if _to_terminal(h)]:
-                logger.removeHandler(handler)
-                removed.append((logger, handler))
+            for handler in logger.handlers:
+                if _to_console(handler) and handler.level < logging.WARNING:
+                    raised.append((handler, handler.level))
+                    handler.setLevel(logging.WARNING)
     try:
         yield
     finally:
-        for logger, handler in removed:
-            logger.addHandler(handler)
+        for handler, level in raised:
+            handler.setLevel(level)
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(file_handler)
         file_handler.close()
@@ -86,10 +86,8 @@ def _no_luigi_logging_setup():
 
 
 def quiet_terminal(log_file):
-    """`daydream run` on a terminal: luigi's INFO lines go to ``log_file``; the terminal keeps
-    warnings and errors (and the progress line). Elsewhere luigi sets up its logging as usual."""
-    if not sys.stderr.isatty():
-        return
+    """`daydream run`: luigi's INFO lines go to ``log_file``; stderr keeps warnings and errors (and
+    the progress line)."""
     _no_luigi_logging_setup()
     terminal = logging.StreamHandler()
     terminal.setLevel(logging.WARNING)
@@ -104,12 +102,11 @@ def quiet_terminal(log_file):
 
 def configure_spawned(log_file, verbose):
     """Logging of a spawned chunk runner (chunks.py), which starts with none: the run's log file,
-    and stderr when verbose or not a terminal."""
-    handlers = [_file_handler(log_file)]
-    if verbose or not sys.stderr.isatty():
-        stream = logging.StreamHandler()
-        stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        handlers.append(stream)
+    and stderr (everything when verbose, else warnings and errors)."""
+    stream = logging.StreamHandler()
+    stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    stream.setLevel(logging.INFO if verbose else logging.WARNING)
+    handlers = [_file_handler(log_file), stream]
     for name in LOGGERS:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)

@@ -48,7 +48,8 @@ def test_two_workers_one_scheduler_buy_each_generation_once(tmp_path, project, m
         try:
             # distinct command lines: luigi's lock refuses a second identical command on one machine
             for n, workers in enumerate(("2", "3")):
-                args = ("RunCohort", "--cohort-id", "c1", "--workers", workers, "--scheduler-url", url)
+                # --verbose: each generation's "completed ..." line on the process's own output
+                args = ("RunCohort", "--cohort-id", "c1", "--workers", workers, "--scheduler-url", url, "--verbose")
                 logs.append(project.root / f"worker{n}.out")
                 with open(logs[-1], "wb") as out:
                     procs.append(subprocess.Popen(luigi_argv(project, *args, local_scheduler=False), cwd=project.root,
