@@ -67,15 +67,9 @@ def load(tables_dir, events_dir, fold_type):
     by another version, for another log, or damaged."""
     path = Path(tables_dir) / STATE_FILE
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    digest, body = data[:_DIGEST], data[_DIGEST:]
-    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
-        log.warning("%s: damaged; replaying the whole log", path)
-        return None
-    try:
-        plain = marshal.loads(body)
+        plain = read_checked(path)
+        if plain is None:
+            return None
         if plain.get("version") != VERSION or plain.get("events_dir") != str(Path(events_dir).resolve()):
             return None
         seen = plain["seen"]
@@ -87,6 +81,27 @@ def load(tables_dir, events_dir, fold_type):
         return None
 
 
+def read_checked(path):
+    """The builtins write_checked saved in ``path``; None when there is no such file or it is
+    damaged. Raises ValueError, EOFError or TypeError for one another Python's marshal wrote."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    digest, body = data[:_DIGEST], data[_DIGEST:]
+    if hashlib.blake2b(body, digest_size=_DIGEST).digest() != digest:
+        log.warning("%s: damaged; computing it again", path)
+        return None
+    return marshal.loads(body)
+
+
+def write_checked(path, plain) -> None:
+    """Save builtins (marshal) behind their checksum, atomically."""
+    # no fsync: what is saved this way is derived from the log and costs a recomputation if lost
+    body = marshal.dumps(plain)
+    write_bytes_atomic(path, hashlib.blake2b(body, digest_size=_DIGEST).digest() + body, fsync=False)
+
+
 def worth_saving(state, saved_bytes) -> bool:
     """Whether to rewrite the state file, which costs about as much as folding the whole log
     takes to load: only once the part folded since it was saved reaches SAVE_FRACTION of the
@@ -96,11 +111,9 @@ def worth_saving(state, saved_bytes) -> bool:
 
 
 def save(state, tables_dir) -> None:
-    # no fsync: the state is derived from the log; one lost to a power cut costs a full replay
-    body = marshal.dumps({"version": VERSION, "events_dir": state.events_dir, "fold": state.fold.to_plain(),
-                          "seen": _packed(state.seen), "segments": {rel: astuple(seg) for rel, seg in state.segments.items()}})
-    write_bytes_atomic(Path(tables_dir) / STATE_FILE,
-                       hashlib.blake2b(body, digest_size=_DIGEST).digest() + body, fsync=False)
+    write_checked(Path(tables_dir) / STATE_FILE, {
+        "version": VERSION, "events_dir": state.events_dir, "fold": state.fold.to_plain(),
+        "seen": _packed(state.seen), "segments": {rel: astuple(seg) for rel, seg in state.segments.items()}})
 
 
 def _packed(ids):

@@ -401,9 +401,11 @@ def read_texts(paths, data) -> dict:
     return texts
 
 
-def write_cohort_html(paths, cohort_id) -> Path:
-    """Write data/cohorts/<id>/reports/index.html (atomically; untouched when unchanged)."""
-    data = cohort_data(read_tables(paths), cohort_id, cohort_members(paths, cohort_id))
+def write_cohort_html(paths, cohort_id, tables=None) -> Path:
+    """Write data/cohorts/<id>/reports/index.html (atomically; untouched when unchanged).
+    ``tables``: read_tables(paths), when the caller has them already."""
+    data = cohort_data(read_tables(paths) if tables is None else tables, cohort_id,
+                       cohort_members(paths, cohort_id))
     combos = {cid: info["concepts"] for cid, info in read_mappings(paths.combo_mappings_csv).items()}
     page = cohort_page(data, read_texts(paths, data), combos, _concept_names(paths))
     out = paths.reports_dir(cohort_id) / "index.html"

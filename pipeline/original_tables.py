@@ -18,11 +18,14 @@ rows drop out of group-bys and pivots exactly as there.
 import csv
 import io
 import logging
+from hashlib import blake2b
+from operator import itemgetter
 from pathlib import Path
 
 import pandas as pd
 
 from .errors import PipelineError, StoreError
+from .fold_state import read_checked, write_checked
 from .fsio import remove_stale_tmp, write_if_changed, write_text_atomic
 from .membership import read_membership
 from .paths import Paths
@@ -38,6 +41,7 @@ AGGREGATED_COLUMNS = (
     "parent_gen_id", "gen_id", "evaluation_template", "evaluation_llm_model", "score", "error",
     "evaluation_response_path", "combo_id", "draft_template", "generation_template",
     "generation_model", "generation_response_path", "origin_cohort_id", "input_mode", "copied_from")
+ROW_LINES = "_cross_experiment_rows.marshal"   # in data/tables, beside the fold state: see _row_lines
 MISSING_SCORE = "missing parsed.txt"   # the original's error text for an evaluation without a score
 GENERATION_INDEX = ["combo_id", "draft_template", "generation_template", "generation_model",
                     "parent_gen_id"]
@@ -64,21 +68,30 @@ RANK_COLUMNS = ["parent_gen_id", "avg_score", "max_score", "models_covered"]
 
 # ----------------------------------------------------------------------------- rows
 
-def evaluation_results(tables_dir) -> list:
-    """Rows of the replayed ``evaluation_results.csv`` as dicts of text (empty cells -> None)."""
+def _evaluation_table(tables_dir) -> tuple:
+    """The header and rows (lists of text) of the replayed ``evaluation_results.csv``: its first
+    column is the gen_id."""
     path = Path(tables_dir) / "evaluation_results.csv"
     if not path.exists():
         raise StoreError(f"{path} is missing: run `daydream replay` first")
     with path.open(encoding="utf-8", newline="") as fh:
-        return [{k: (v if v != "" else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        return header, [row for row in reader if row]
+
+
+def _as_dicts(header, rows) -> list:
+    return [{k: (v if v != "" else None) for k, v in zip(header, row)} for row in rows]
 
 
 def normalized_rows(evaluations, data_root) -> list:
-    """The original's 15-column row (§1.1) for each replayed evaluation (evaluation_results dicts).
+    """The original's 15-column row (§1.1) for each replayed evaluation (dicts of evaluation_results.csv text,
+    empty cells None).
 
     A dict with only a ``gen_id`` gives the row the original writes for an evaluation it cannot
     find: no lineage, ``error = missing parsed.txt``. Paths are absolute, as the original's."""
-    gens = Paths(Path(data_root).resolve()).gens_root
+    # text, not Path: joining Paths costs seconds over a long history's evaluations
+    gens = str(Paths(Path(data_root).resolve()).gens_root)
     rows = []
     for ev in evaluations:
         get = ev.get
@@ -92,13 +105,13 @@ def normalized_rows(evaluations, data_root) -> list:
             "evaluation_llm_model": get("evaluation_llm"),
             "score": score,
             "error": None if score is not None else MISSING_SCORE,
-            "evaluation_response_path": str(gens / "evaluation" / ev["gen_id"] / "parsed.txt"),
+            "evaluation_response_path": f"{gens}/evaluation/{ev['gen_id']}/parsed.txt",
             "combo_id": get("combo_id") or "",
             "draft_template": get("draft_template") or "",
             "generation_template": get("essay_template") or "",
             "generation_model": get("essay_llm") or get("draft_llm") or "",
             "origin_cohort_id": (get("origin_cohort_id") or "").strip() or None,
-            "generation_response_path": str(gens / "essay" / essay_id / "parsed.txt") if essay_id else "",
+            "generation_response_path": f"{gens}/essay/{essay_id}/parsed.txt" if essay_id else "",
             "input_mode": get("input_mode"),
             "copied_from": None,
         })
@@ -293,6 +306,19 @@ def variance_analysis(scores) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- build_pivot_tables
 
+def _essay_task_ids(df) -> pd.Series:
+    """The TASK_ID_ORDER values of each row, each as text and stripped, joined by "_"."""
+    parts = df[TASK_ID_ORDER]
+    if len(parts) and all(pd.api.types.is_string_dtype(parts[c]) for c in TASK_ID_ORDER):
+        # column by column, as a row-wise apply would give for text columns (about 50x faster)
+        ids = parts[TASK_ID_ORDER[0]].map(str).str.strip()
+        for column in TASK_ID_ORDER[1:]:
+            ids = ids + "_" + parts[column].map(str).str.strip()
+        return ids
+    # a row of numbers only would be upcast to one type: keep the original's row-wise text
+    return parts.apply(lambda row: "_".join(str(v).strip() for v in row), axis=1)
+
+
 def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
     """§2.5 evaluation_scores_by_template_model.csv and the lines the original prints.
 
@@ -320,8 +346,7 @@ def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
         df = df.loc[~drop].copy()
     if df.empty:
         raise PipelineError("no_complete_task_metadata")
-    df["essay_task_id"] = df[TASK_ID_ORDER].apply(
-        lambda row: "_".join(str(v).strip() for v in row), axis=1)
+    df["essay_task_id"] = _essay_task_ids(df)
     df["key"] = df["evaluation_template"].map(str) + "__" + df["evaluation_llm_model"].map(str)
     keys = sorted(df["key"].unique())
     df = df.sort_values(["essay_task_id", "key"])   # multi-key sort is stable: ties keep input order
@@ -350,19 +375,63 @@ def write_table(path, df):
     """Write ``df`` like the original (CSV, no index) and return the text. An empty table writes
     no file (None), as in the original; unlike the original, a file left by an earlier run is
     removed, so the files always reflect the current log."""
+    return _write_csv_text(path, None if df is None or df.empty else to_csv_text(df))
+
+
+def _write_csv_text(path, text):
+    """write_table for CSV text already rendered (None: an empty table)."""
     path = Path(path)
     remove_stale_tmp(path.parent)   # left by a writer killed mid-write
-    if df is None or df.empty:
+    if text is None:
         path.unlink(missing_ok=True)
         return None
-    text = to_csv_text(df)
     write_if_changed(path, text)
     return text
 
 
-def _essay_origins(evaluations) -> dict:
-    return {ev["essay_gen_id"]: ev.get("essay_origin_cohort_id") or ""
-            for ev in evaluations if ev.get("essay_gen_id")}
+def _row_lines(header, rows, data_root, tables_dir):
+    """For each row of evaluation_results (_evaluation_table), its (aggregated_scores, filtered_evaluation_results)
+    CSV line, or None when a line cannot be told apart (a cell holds a line break).
+
+    pandas writes every cell on its own (floats as repr, missing as empty), so a row's line does not
+    depend on the other rows: lines are rendered once and kept in tables_dir/ROW_LINES, keyed by the
+    a digest of the row's values, and a run with a long history renders only its new rows."""
+    path = Path(tables_dir) / ROW_LINES
+    root = str(Path(data_root).resolve())   # the lines hold absolute paths under it
+    try:
+        saved = read_checked(path) or {}
+    except (ValueError, EOFError, TypeError):   # another Python's marshal
+        saved = {}
+    cache = saved.get("rows", {}) if saved.get("data_root") == root else {}
+    keys = [blake2b("\x1f".join(row).encode(), digest_size=16).digest() for row in rows]
+    new = {key: row for key, row in zip(keys, rows) if key not in cache}
+    if new:
+        rows = normalized_rows(_as_dicts(header, new.values()), data_root)
+        rendered = [_lines(normalized_frame(rows, columns), len(rows))
+                    for columns in (AGGREGATED_COLUMNS, NORMALIZED_COLUMNS)]
+        if None in rendered:
+            return None
+        cache.update(zip(new, zip(*rendered)))
+    kept = {key: cache[key] for key in keys}
+    if new or len(kept) != len(cache):
+        write_checked(path, {"data_root": root, "rows": kept})
+    return [kept[key] for key in keys]
+
+
+def _lines(df, n):
+    """The n row lines (each ending in a newline) of ``df`` as CSV, or None if they are not n lines."""
+    lines = to_csv_text(df).split("\n")[1:-1]
+    return [line + "\n" for line in lines] if len(lines) == n else None
+
+
+def _header(columns) -> str:
+    return ",".join(columns) + "\n"
+
+
+def _essay_origins(header, rows) -> dict:
+    """essay gen_id -> the cohort that created it, from evaluation_results rows."""
+    essay, origin = header.index("essay_gen_id"), header.index("essay_origin_cohort_id")
+    return {row[essay]: row[origin] for row in rows if row[essay]}
 
 
 def _write_pivot(path, scores, essay_origins, allowlist=None):
@@ -384,13 +453,21 @@ def write_cross_experiment_tables(data_root, tables_dir) -> None:
     evaluation_scores_by_template_model}.csv over every evaluation in the log, rows sorted by
     gen_id (the original lists aggregated_scores.csv in file-system order, which no one can
     reproduce; filtered_evaluation_results.csv is sorted there too)."""
-    evaluations = evaluation_results(tables_dir)
-    rows = normalized_rows(sorted(evaluations, key=lambda ev: ev["gen_id"]), data_root)
+    header, rows = _evaluation_table(tables_dir)
+    rows.sort(key=itemgetter(0))   # by gen_id
     out = Path(data_root) / "7_cross_experiment"
-    text = write_table(out / "aggregated_scores.csv", normalized_frame(rows, AGGREGATED_COLUMNS))
-    write_table(out / "filtered_evaluation_results.csv", normalized_frame(rows))
+    lines = _row_lines(header, rows, data_root, tables_dir) if rows else None
+    if lines is None:
+        normalized = normalized_rows(_as_dicts(header, rows), data_root)
+        text = write_table(out / "aggregated_scores.csv", normalized_frame(normalized, AGGREGATED_COLUMNS))
+        write_table(out / "filtered_evaluation_results.csv", normalized_frame(normalized))
+    else:
+        text = _write_csv_text(out / "aggregated_scores.csv",
+                               _header(AGGREGATED_COLUMNS) + "".join(agg for agg, _ in lines))
+        _write_csv_text(out / "filtered_evaluation_results.csv",
+                        _header(NORMALIZED_COLUMNS) + "".join(filtered for _, filtered in lines))
     scores = read_back(text) if text else None
-    _write_pivot(out / "evaluation_scores_by_template_model.csv", scores, _essay_origins(evaluations))
+    _write_pivot(out / "evaluation_scores_by_template_model.csv", scores, _essay_origins(header, rows))
 
 
 def cohort_evaluation_ids(members) -> list:
@@ -402,9 +479,12 @@ def cohort_evaluation_ids(members) -> list:
 def write_cohort_tables(paths, cohort_id) -> None:
     """The original's per-cohort report files under data/cohorts/<id>/reports/."""
     members = read_membership(paths.membership_csv(cohort_id))
-    evaluations = evaluation_results(paths.tables_dir)
-    by_id = {ev["gen_id"]: ev for ev in evaluations}
     ids = cohort_evaluation_ids(members)
+    # the cohort's rows only: their essays' origins are all the pivot below looks up
+    header, replayed = _evaluation_table(paths.tables_dir)
+    wanted = set(ids)
+    replayed = [row for row in replayed if row[0] in wanted]
+    by_id = {ev["gen_id"]: ev for ev in _as_dicts(header, replayed)}
     rows = normalized_rows([by_id.get(gen_id, {"gen_id": gen_id}) for gen_id in ids], paths.data_root)
     reports = paths.reports_dir(cohort_id)
     text = write_table(reports / "parsing" / "aggregated_scores.csv", normalized_frame(rows))
@@ -420,7 +500,7 @@ def write_cohort_tables(paths, cohort_id) -> None:
     write_table(summary / "perfect_score_paths.csv", perfect_score_paths(scores))
     write_table(reports / "analysis" / "variance_analysis.csv", variance_analysis(scores))
     _write_pivot(summary / "evaluation_scores_by_template_model.csv", scores if text else None,
-                 _essay_origins(evaluations), (templates, models))
+                 _essay_origins(header, replayed), (templates, models))
 
 
 # ----------------------------------------------------------------------------- select_top_essays

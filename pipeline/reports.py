@@ -313,13 +313,14 @@ def _excerpt(text, limit=EXCERPT_CHARS) -> str:
 
 # ----------------------------------------------------------------------------- the report
 
-def write_cohort_report(paths, cohort_id) -> Path:
+def write_cohort_report(paths, cohort_id, tables=None) -> Path:
     """Write the cohort's report files (module docstring) and return the path of summary.md.
+    ``tables``: read_tables(paths), when the caller has them already.
 
     Works for a cohort without scores or without an evaluation stage: summary.md says so and
     the score tables hold just their header."""
     members = cohort_members(paths, cohort_id)
-    data = cohort_data(read_tables(paths), cohort_id, members)
+    data = cohort_data(read_tables(paths) if tables is None else tables, cohort_id, members)
     scores = data.scores
     combos = {cid: info["concepts"] for cid, info in read_mappings(paths.combo_mappings_csv).items()}
     top = top_essays(scores, TOP_N, combos)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.original_tables import (evaluation_model_template_pivot, final_results,
+from pipeline.original_tables import (AGGREGATED_COLUMNS, ROW_LINES, evaluation_model_template_pivot, final_results,
                                       generation_scores, normalized_frame, normalized_rows,
                                       perfect_score_paths, rank_essays, read_back,
                                       scores_by_template_model, to_csv_text, variance_analysis,
@@ -129,6 +129,31 @@ def test_cross_experiment_tables_sorted_by_gen_id_and_empty_ones_removed(tmp_pat
     write_evaluation_results(data / "tables", [])
     write_cross_experiment_tables(data, data / "tables")
     assert not list(out.iterdir())
+
+
+def test_cross_experiment_tables_from_kept_row_lines_equal_pandas_over_every_row(tmp_path):
+    """The rows' rendered lines are kept between runs (ROW_LINES): after rows are added, changed,
+    dropped, or a cell holds a line break, the files are still pandas' text over every row."""
+    data = tmp_path / "data"
+    out = data / "7_cross_experiment"
+
+    def check(evaluations):
+        write_evaluation_results(data / "tables", evaluations)
+        write_cross_experiment_tables(data, data / "tables")
+        text = (data / "tables" / "evaluation_results.csv").read_text(encoding="utf-8")
+        replayed = [{k: v or None for k, v in r.items()} for r in csv.DictReader(text.splitlines(True))]
+        rows = normalized_rows(sorted(replayed, key=lambda ev: ev["gen_id"]), data)
+        assert (out / "aggregated_scores.csv").read_text() == to_csv_text(normalized_frame(rows, AGGREGATED_COLUMNS))
+        assert (out / "filtered_evaluation_results.csv").read_text() == to_csv_text(normalized_frame(rows))
+
+    many = [row(f"v_{i:03d}", f"e{i % 7}", f"t{i % 3}", "j1", i % 10 + 0.5 if i % 4 else None) for i in range(60)]
+    check(many)
+    assert (data / "tables" / ROW_LINES).exists()
+    check(many[5:] + [row("v_new", "e1", "t0", "j2", 7.25), row("v_004", "e1", "t0", "j1", 3.0)])
+    check([dict(r, combo_id="c,1") for r in many[:10]] + many[10:])   # quoted cells
+    check(many + [row("v_nl", "e1", "t0", "j1", 1.0, combo="two\nlines")])   # lines not per row: pandas
+    (data / "tables" / ROW_LINES).write_bytes(b"garbage" * 10)   # a damaged file: rendered again
+    check(many)
 
 
 def test_write_table_skips_empty_frames(tmp_path):
