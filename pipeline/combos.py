@@ -3,7 +3,9 @@
     >>> combos = generate_combos(["a", "b", "c"], "paragraph", k_max=2)   # {combo_id: (concepts...)}
     >>> record_combos(paths.combo_mappings_csv, combos, "paragraph", 2)
 """
+import contextlib
 import csv
+import fcntl
 import io
 import itertools
 import os
@@ -27,7 +29,7 @@ def generate_combos(concept_ids, description_level, k_max):
 def read_mappings(path) -> dict:
     """combo_id -> {"concepts": tuple, "description_level": str, "k_max": int}."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() or path.stat().st_size == 0:  # (empty: created by an appender that holds the lock)
         return {}
     found = {}
     with path.open(encoding="utf-8", newline="") as fh:
@@ -46,39 +48,52 @@ def record_combos(path, combos: dict, description_level, k_max) -> int:
 
     Returns the number of combos appended."""
     path = Path(path)
-    existing = read_mappings(path)
-    new_rows = []
-    now = now_iso(micro=False)
-    for cid, concepts in combos.items():
-        if cid in existing:
-            if existing[cid]["concepts"] != tuple(sorted(concepts)):
-                raise StoreError(
-                    f"{path}: combo {cid} is recorded with concepts {', '.join(existing[cid]['concepts'])} but now "
-                    f"derives from {', '.join(sorted(concepts))}; the mapping is append-only: investigate before "
-                    f"editing it"
-                )
-            continue
-        for concept in sorted(concepts):
-            new_rows.append([cid, "v1", concept, description_level, k_max, now])
-    append_rows(path, new_rows)
+    with _appending(path) as fd:  # read and append as one step: two builders never record a combo twice
+        existing = read_mappings(path)
+        new_rows = []
+        now = now_iso(micro=False)
+        for cid, concepts in combos.items():
+            if cid in existing:
+                if existing[cid]["concepts"] != tuple(sorted(concepts)):
+                    raise StoreError(
+                        f"{path}: combo {cid} is recorded with concepts {', '.join(existing[cid]['concepts'])} but "
+                        f"now derives from {', '.join(sorted(concepts))}; the mapping is append-only: investigate "
+                        f"before editing it"
+                    )
+                continue
+            for concept in sorted(concepts):
+                new_rows.append([cid, "v1", concept, description_level, k_max, now])
+        _write_rows(fd, new_rows)
     return len({r[0] for r in new_rows})
 
 
 def append_rows(path, rows):
     """Append mapping rows (lists in FIELDS order) to ``path``, with the header if it is new."""
-    if not rows:
-        return
-    path = Path(path)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    if not path.exists():
-        writer.writerow(FIELDS)
-    writer.writerows(rows)
+    if rows:
+        with _appending(Path(path)) as fd:
+            _write_rows(fd, rows)
+
+
+@contextlib.contextmanager
+def _appending(path):
+    """An O_APPEND descriptor of ``path`` (created if missing) under an exclusive flock, so that
+    processes sharing data/ take turns reading and appending."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # one O_APPEND write: concurrent builders never interleave rows
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, buf.getvalue().encode("utf-8"))
-        os.fsync(fd)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
     finally:
-        os.close(fd)
+        os.close(fd)  # releases the lock
+
+
+def _write_rows(fd, rows):
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    if os.fstat(fd).st_size == 0:
+        writer.writerow(FIELDS)
+    writer.writerows(rows)
+    os.write(fd, buf.getvalue().encode("utf-8"))  # one O_APPEND write: a reader never sees half a row
+    os.fsync(fd)
