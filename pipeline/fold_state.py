@@ -1,39 +1,52 @@
-"""The saved fold of the event log, so a replay reads only what was appended since the last one.
+"""The saved fold of the event log, indexed by generation, so a replay reads and rewrites only
+the part that new events touch.
 
-    >>> state = load(tables_dir, events_dir, Fold) or FoldState.empty(events_dir, Fold())
-    >>> if not read_new(state, stats, skip_bad=False): ...   # a segment changed: replay in full
-    >>> save(state, tables_dir)
+    >>> state = open_state(tables_dir, events_dir) or FoldState.empty(events_dir)
+    >>> if not read_new(state, sink, stats, skip_bad=False): ...   # a segment changed: replay in full
+    >>> state.records(gen_ids); state.set_record(gen_id, record); state.commit()
 
 Segments are append-only (each belongs to one writing process), so the state records, per
 segment, how many bytes it has folded; the next replay reads each segment from there on.
 read_new returns False - only a full replay then gives the tables a full replay gives - for a
 segment that vanished or shrank, one whose folded part's first or last 64 bytes changed (rewritten
 in place; a change wholly inside the middle goes unseen: `--full` reads everything), and an
-event_id met again (the copy kept is the one in the first segment by path, which an incremental
-pass cannot know). A state written by another version of the fold is ignored.
+event_id met twice among the new events (the copy kept is the one in the first segment by path,
+which an incremental pass cannot know; pipeline.replay checks the new ids against the ids each
+touched generation has folded).
 
-The state file holds builtins only (marshal: about ten times faster than pickle here, and it
-cannot build arbitrary objects), behind a checksum: a damaged or foreign state means a full
-replay, never an error.
+The state is an SQLite file (stdlib, one transaction per replay): what pipeline.replay keeps per
+generation is marshalled in shards of about GENS_PER_SHARD generations by a hash of the gen_id,
+each with a checksum, so looking up a few generations reads a few shards. A damaged, foreign or
+older state means a full replay, never an error.
 """
 import hashlib
 import logging
 import marshal
 import os
+import sqlite3
+import zlib
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from .events import _split_lines, iter_segments, scan_lines
 from .fsio import write_bytes_atomic
 
-STATE_FILE = "_fold_state.marshal"
-_DIGEST = 32  # a blake2b digest of the rest leads the file: damage is found before unmarshalling
-# Bump when Fold's fields, the event key or the reading rules change: old states are then ignored.
-VERSION = 1
+STATE_FILE = "_fold_state.sqlite"
+_OLD_STATE_FILES = ("_fold_state.marshal",)   # written by earlier versions: removed on a full replay
+_DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
+# Bump when the records, the event key or the reading rules change: old states are then ignored.
+VERSION = 2
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
-SAVE_FRACTION = 0.01  # see worth_saving
+GENS_PER_SHARD = 32
+_SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
+           "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
+           "CREATE TABLE cohorts (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
 
 log = logging.getLogger(__name__)
+
+
+class StateError(Exception):
+    """The saved state is unreadable: replay in full."""
 
 
 @dataclass
@@ -48,37 +61,175 @@ class Segment:
 
 @dataclass
 class FoldState:
+    """Segments covered, the replay's own small values (``meta``), and - through the open
+    database - per-generation records, per-parent children lists and per-cohort entries, loaded
+    on demand and written back by commit()."""
     events_dir: str
-    fold: object                                    # a pipeline.replay.Fold
-    seen: set = field(default_factory=set)          # event_ids folded
     segments: dict = field(default_factory=dict)    # path relative to events_dir -> Segment
+    meta: dict = field(default_factory=dict)        # pipeline.replay's values beside the records
+    db: object = None
+    mask: int = 0
+    shards: dict = field(default_factory=dict)      # shard number -> (records, children), loaded
+    dirty: set = field(default_factory=set)         # shard numbers changed
+    cohort_entries: dict = field(default_factory=dict)  # cohort_id -> entry or None, loaded
+    dirty_cohorts: set = field(default_factory=set)
 
     @classmethod
-    def empty(cls, events_dir, fold):
-        return cls(events_dir=str(Path(events_dir).resolve()), fold=fold)
+    def empty(cls, events_dir):
+        return cls(events_dir=str(Path(events_dir).resolve()))
 
-    def covered(self) -> int:
-        """Bytes of the log folded."""
-        return sum(seg.size for seg in self.segments.values())
+    def _shard_of(self, gen_id) -> int:
+        return zlib.crc32(gen_id.encode("utf-8", "surrogatepass")) & self.mask
+
+    def _load(self, numbers) -> None:
+        missing = sorted(set(numbers) - self.shards.keys())
+        for at in range(0, len(missing), 500):
+            chunk = missing[at:at + 500]
+            found = dict(self.db.execute(f"SELECT n, v FROM shards WHERE n IN ({','.join('?' * len(chunk))})",
+                                         chunk))
+            for n in chunk:
+                self.shards[n] = _unpack(found[n]) if n in found else ({}, {})
+
+    def records(self, gen_ids) -> dict:
+        """gen_id -> record for those of ``gen_ids`` that have one."""
+        where = {gen_id: self._shard_of(gen_id) for gen_id in gen_ids}
+        self._load(where.values())
+        shards = self.shards
+        return {gen_id: shards[n][0][gen_id] for gen_id, n in where.items() if gen_id in shards[n][0]}
+
+    def set_record(self, gen_id, record) -> None:
+        n = self._shard_of(gen_id)
+        self._load((n,))
+        if record is None:
+            self.shards[n][0].pop(gen_id, None)
+        else:
+            self.shards[n][0][gen_id] = record
+        self.dirty.add(n)
+
+    def children(self, parents) -> dict:
+        """parent gen_id -> list of the gen_ids whose parent it is."""
+        where = {parent: self._shard_of(parent) for parent in parents}
+        self._load(where.values())
+        return {parent: self.shards[n][1].get(parent, []) for parent, n in where.items()}
+
+    def set_children(self, parent, children) -> None:
+        n = self._shard_of(parent)
+        self._load((n,))
+        if children:
+            self.shards[n][1][parent] = children
+        else:
+            self.shards[n][1].pop(parent, None)
+        self.dirty.add(n)
+
+    def cohorts(self, cohort_ids) -> dict:
+        """cohort_id -> entry for those of ``cohort_ids`` that have one."""
+        for cohort_id in set(cohort_ids) - self.cohort_entries.keys():
+            row = self.db.execute("SELECT v FROM cohorts WHERE k = ?", (repr(cohort_id),)).fetchone()
+            self.cohort_entries[cohort_id] = None if row is None else _unpack(row[0])
+        return {c: self.cohort_entries[c] for c in cohort_ids if self.cohort_entries[c] is not None}
+
+    def set_cohort(self, cohort_id, entry) -> None:
+        self.cohort_entries[cohort_id] = entry
+        self.dirty_cohorts.add(cohort_id)
+
+    def commit(self) -> None:
+        """Write what changed, in the transaction open_state began."""
+        db = self.db
+        db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)",
+                       [(n, _pack(self.shards[n])) for n in sorted(self.dirty)])
+        db.executemany("INSERT OR REPLACE INTO cohorts VALUES (?, ?)",
+                       [(repr(c), _pack(self.cohort_entries[c])) for c in sorted(self.dirty_cohorts, key=repr)])
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", _meta_rows(self))
+        db.execute("COMMIT")
+        self.dirty.clear()
+        self.dirty_cohorts.clear()
+
+    def close(self) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
-def load(tables_dir, events_dir, fold_type):
-    """The saved state for ``events_dir`` (its fold a ``fold_type``), or None: none saved, saved
-    by another version, for another log, or damaged."""
-    path = Path(tables_dir) / STATE_FILE
+def _pack(value) -> bytes:
+    body = marshal.dumps(value)
+    return zlib.crc32(body).to_bytes(4, "big") + body
+
+
+def _unpack(blob):
+    body = blob[4:]
+    if zlib.crc32(body).to_bytes(4, "big") != blob[:4]:
+        raise StateError("a damaged shard")
     try:
-        plain = read_checked(path)
-        if plain is None:
+        return marshal.loads(body)
+    except (ValueError, EOFError, TypeError) as exc:   # another Python's marshal
+        raise StateError(str(exc)) from None
+
+
+def _meta_rows(state) -> list:
+    return [(k, _pack(v)) for k, v in (
+        ("version", VERSION), ("events_dir", state.events_dir), ("mask", state.mask),
+        ("segments", {rel: astuple(seg) for rel, seg in state.segments.items()}), ("replay", state.meta))]
+
+
+def open_state(tables_dir, events_dir):
+    """The saved state for ``events_dir``, open and locked against other replays until commit()
+    or close(); None (and a log line) when there is none, or it was saved by another version,
+    for another log, or is damaged."""
+    path = Path(tables_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    db = None
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=600)
+        db.execute("PRAGMA synchronous = OFF")   # derived data: a power cut costs a full replay
+        db.execute("BEGIN IMMEDIATE")   # one replay at a time: the second waits, then reads this one's state
+        meta = {k: _unpack(v) for k, v in db.execute("SELECT k, v FROM meta")}
+        if meta.get("version") != VERSION or meta.get("events_dir") != str(Path(events_dir).resolve()):
+            db.close()
             return None
-        if plain.get("version") != VERSION or plain.get("events_dir") != str(Path(events_dir).resolve()):
-            return None
-        seen = plain["seen"]
-        seen = set(seen.split("\n")) if type(seen) is str else set(seen)
-        return FoldState(events_dir=plain["events_dir"], fold=fold_type.from_plain(plain["fold"]), seen=seen,
-                         segments={rel: Segment(*seg) for rel, seg in plain["segments"].items()})
-    except (ValueError, EOFError, TypeError, KeyError, AttributeError) as exc:  # another Python's marshal
+        return FoldState(events_dir=meta["events_dir"], meta=meta["replay"], db=db, mask=meta["mask"],
+                         segments={rel: Segment(*seg) for rel, seg in meta["segments"].items()})
+    except (sqlite3.Error, StateError, KeyError, TypeError) as exc:
+        if db is not None:
+            db.close()
         log.warning("%s: unreadable (%s); replaying the whole log", path, exc)
         return None
+
+
+def write_state(tables_dir, state, records, children, cohorts) -> None:
+    """Replace the saved state with ``state``'s segments and meta and these records
+    (gen_id -> record), children (parent -> gen_ids) and cohorts (cohort_id -> entry)."""
+    tables_dir = Path(tables_dir)
+    path = tables_dir / STATE_FILE
+    size = 256
+    while size * GENS_PER_SHARD < len(records):
+        size *= 2
+    state.mask = size - 1
+    shards = [({}, {}) for _ in range(size)]
+    shard_of = state._shard_of
+    for gen_id, record in records.items():
+        shards[shard_of(gen_id)][0][gen_id] = record
+    for parent, kids in children.items():
+        shards[shard_of(parent)][1][parent] = kids
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    db = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode = OFF")   # a new file, renamed into place when complete
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("BEGIN")
+        for statement in _SCHEMA:
+            db.execute(statement)
+        db.executemany("INSERT INTO shards VALUES (?, ?)",
+                       ((n, _pack(shard)) for n, shard in enumerate(shards) if shard[0] or shard[1]))
+        db.executemany("INSERT INTO cohorts VALUES (?, ?)", ((repr(c), _pack(e)) for c, e in cohorts.items()))
+        db.executemany("INSERT INTO meta VALUES (?, ?)", _meta_rows(state))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    os.replace(tmp, path)
+    for name in _OLD_STATE_FILES:
+        (tables_dir / name).unlink(missing_ok=True)
 
 
 def read_checked(path):
@@ -102,31 +253,10 @@ def write_checked(path, plain) -> None:
     write_bytes_atomic(path, hashlib.blake2b(body, digest_size=_DIGEST).digest() + body, fsync=False)
 
 
-def worth_saving(state, saved_bytes) -> bool:
-    """Whether to rewrite the state file, which costs about as much as folding the whole log
-    takes to load: only once the part folded since it was saved reaches SAVE_FRACTION of the
-    log. Until then each replay reads that part again (cheap) and the tables are the same."""
-    covered = state.covered()
-    return covered - saved_bytes >= SAVE_FRACTION * covered
-
-
-def save(state, tables_dir) -> None:
-    write_checked(Path(tables_dir) / STATE_FILE, {
-        "version": VERSION, "events_dir": state.events_dir, "fold": state.fold.to_plain(),
-        "seen": _packed(state.seen), "segments": {rel: astuple(seg) for rel, seg in state.segments.items()}})
-
-
-def _packed(ids):
-    # one string: marshal writes a set of many strings ten times slower. A list when an id holds a
-    # newline, or when there is not exactly one id per part (no ids, or an empty one).
-    joined = "\n".join(ids)
-    return joined if ids and joined.count("\n") == len(ids) - 1 and "" not in ids else list(ids)
-
-
-def read_new(state, stats, skip_bad) -> bool:
-    """Fold every event appended since ``state`` was saved into it; fill ``stats`` (ReadStats).
-    False (with ``state`` half-updated: discard it) when only a full replay is right. From an
-    empty state this is the full replay, duplicates and all."""
+def read_new(state, sink, stats, skip_bad) -> bool:
+    """Pass every event appended since ``state`` was saved to ``sink.add(pairs)``, segment by
+    segment; fill ``stats`` (ReadStats). False (with ``state`` half-updated: discard it) when only
+    a full replay is right. From an empty state this is the full replay, duplicates and all."""
     events_dir = Path(state.events_dir)
     incremental = bool(state.segments)
     present = iter_segments(events_dir)
@@ -134,7 +264,7 @@ def read_new(state, stats, skip_bad) -> bool:
     if not state.segments.keys() <= set(rels):
         log.info("a segment of the event log disappeared; replaying the whole log")
         return False
-    duplicates = stats.duplicates
+    duplicates, seen = stats.duplicates, set()
     for path, rel in zip(present, rels):
         seg = state.segments.get(rel) or Segment()
         with open(path, "rb") as fh:
@@ -152,7 +282,7 @@ def read_new(state, stats, skip_bad) -> bool:
         if seg.open_line and lines[0]:
             return False  # text after a complete last line: the line is no longer what was folded
         torn_before = len(stats.torn)
-        state.fold.add(scan_lines(path, rel, lines, seg.newlines + 1, state.seen, stats, skip_bad))
+        sink.add(scan_lines(path, rel, lines, seg.newlines + 1, seen, stats, skip_bad))
         if incremental and stats.duplicates != duplicates:
             log.info("an event appears twice in the log; replaying the whole log")
             return False

@@ -15,6 +15,8 @@ import csv
 import gc
 import io
 import math
+import os
+import uuid
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -61,6 +63,12 @@ class ReplayStats:
     rows: dict = field(default_factory=dict)   # table name -> row count
     tables_dir: Path = None
     incremental: bool = False  # read only what was appended since the last replay
+    # {table: {gen_id: row tuple as written, or None: removed}} for generation_results,
+    # evaluation_results and scores_long since the tables named version_before; None when the
+    # tables were rebuilt wholesale. The versions are opaque names of the tables' content.
+    delta: dict = None
+    version_before: str = None
+    version_after: str = None
 
     def summary(self) -> str:
         rows = ", ".join(f"{name}={n}" for name, n in self.rows.items())
@@ -71,7 +79,7 @@ class ReplayStats:
 class _Gen:
     """Latest known state of one generation while folding."""
     __slots__ = ("stage", "status_key", "status", "lineage", "done_key", "done", "reused_ts",
-                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin")
+                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "ids")
 
     def __init__(self, stage):
         self.stage = stage
@@ -79,6 +87,7 @@ class _Gen:
         self.status = self.lineage = self.done = self.reused_ts = self.parse = self.error = None
         self.cohorts = set()
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
+        self.ids = []   # event_ids folded: an incremental replay meeting one again replays in full
 
 
 class Fold:
@@ -92,22 +101,7 @@ class Fold:
         self.gens = {}      # gen_id -> _Gen
         self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
         self.calls = []     # (ts, event_id, row)
-
-    def to_plain(self) -> tuple:
-        """The state as builtins only (see pipeline.fold_state)."""
-        values = attrgetter(*_Gen.__slots__)
-        return {gen_id: values(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls
-
-    @classmethod
-    def from_plain(cls, plain) -> "Fold":
-        fold = cls()
-        gens, fold.cohorts, fold.calls = plain
-        new, names = _Gen.__new__, _Gen.__slots__
-        for gen_id, values in gens.items():
-            g = fold.gens[gen_id] = new(_Gen)
-            for name, value in zip(names, values):
-                setattr(g, name, value)
-        return fold
+        self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
 
     def add(self, pairs) -> "Fold":
         """Fold ``((ts, segment, line), event)`` pairs, in any order."""
@@ -119,6 +113,7 @@ class Fold:
                 current = cohorts.get(get("cohort_id"))
                 if current is None or key > current[0]:
                     cohorts[get("cohort_id")] = (key, ev)
+                self.cohort_events.setdefault(get("cohort_id"), []).append(ev["event_id"])
                 continue
             if etype not in EVENT_TYPES:
                 continue
@@ -126,6 +121,7 @@ class Fold:
             g = gens.get(gen_id)
             if g is None:
                 g = gens[gen_id] = _Gen(get("stage"))
+            g.ids.append(ev["event_id"])
             cohort_id = get("cohort_id")
             if cohort_id:
                 g.cohorts.add(cohort_id)
@@ -170,42 +166,56 @@ class Fold:
     def tables(self) -> dict:
         """``{table name: (columns, rows)}`` with rows as tuples in column order."""
         # the state is left as it is: more events may be folded into it after this
-        gens = dict(self.gens)
-        members = _members(self.cohorts)
-        for gen_id in members.keys() - gens.keys():
-            gens[gen_id] = _Gen(None)
-        lineage = {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
+        return _tables(*_resolve(self.gens, _listings(self.cohorts)), self.calls)
 
-        generations, evaluations, scores = [], [], []
-        for gen_id in sorted(gens):
-            g, lin = gens[gen_id], lineage[gen_id]
-            status = g.status or "pending"
-            member = members.get(gen_id)
-            cohorts = g.cohorts if member is None else g.cohorts | member[1]
-            cohort_ids = ";".join(sorted(cohorts)) if len(cohorts) > 1 else "".join(cohorts)
-            error = g.error if status == "failed" else None
-            if lin[0] == "evaluation":
-                row = _eval_lineage(gen_id, lin, lineage)
-                parse = g.parse or (None, None, None)
-                essay = gens.get(row[1])
-                evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
-                                          None if g.done is None else ("copy" if g.done[6] else "prompt"),
-                                          essay.origin if essay is not None else None))
-                if parse[0] is not None:
-                    scores.append(row + parse)
-            elif lin[0] == "draft" or lin[0] == "essay":
-                done = g.done or (None,) * 6
-                generations.append((gen_id,) + lin + (status,) + done[:5]
-                                   + (done[5] or g.reused_ts, cohort_ids, error))
-        calls = sorted(self.calls)  # by (ts, event_id): unique, so rows are never compared
-        return {
-            "generation_results": (COLUMNS["generation_results"], generations),
-            "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
-            "scores_long": (COLUMNS["scores_long"], scores),
-            "generation_scores_pivot": _generation_pivot(scores),
-            "evaluation_model_template_pivot": _model_template_pivot(scores),
-            "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
-        }
+
+def _resolve(fold_gens, listings) -> tuple:
+    """(gens, members, lineage) for every generation with events or listed by a cohort."""
+    gens = dict(fold_gens)
+    for gen_id in listings.keys() - gens.keys():
+        gens[gen_id] = _Gen(None)
+    members = {gen_id: _member(listing) for gen_id, listing in listings.items()}
+    return gens, members, {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
+
+
+def _rows(gen_ids, gens, members, lineage) -> tuple:
+    """(generation rows, evaluation rows, score rows) of ``gen_ids`` (sorted, each in ``gens``);
+    ``gens`` and ``lineage`` must hold their parents and grandparents too."""
+    generations, evaluations, scores = [], [], []
+    for gen_id in gen_ids:
+        g, lin = gens[gen_id], lineage[gen_id]
+        status = g.status or "pending"
+        member = members.get(gen_id)
+        cohorts = g.cohorts if member is None else g.cohorts | member[1]
+        cohort_ids = ";".join(sorted(cohorts)) if len(cohorts) > 1 else "".join(cohorts)
+        error = g.error if status == "failed" else None
+        if lin[0] == "evaluation":
+            row = _eval_lineage(gen_id, lin, lineage)
+            parse = g.parse or (None, None, None)
+            essay = gens.get(row[1])
+            evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
+                                      None if g.done is None else ("copy" if g.done[6] else "prompt"),
+                                      essay.origin if essay is not None else None))
+            if parse[0] is not None:
+                scores.append(row + parse)
+        elif lin[0] == "draft" or lin[0] == "essay":
+            done = g.done or (None,) * 6
+            generations.append((gen_id,) + lin + (status,) + done[:5]
+                               + (done[5] or g.reused_ts, cohort_ids, error))
+    return generations, evaluations, scores
+
+
+def _tables(gens, members, lineage, calls) -> dict:
+    generations, evaluations, scores = _rows(sorted(gens), gens, members, lineage)
+    calls = sorted(calls)  # by (ts, event_id): unique, so rows are never compared
+    return {
+        "generation_results": (COLUMNS["generation_results"], generations),
+        "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
+        "scores_long": (COLUMNS["scores_long"], scores),
+        "generation_scores_pivot": _generation_pivot(scores),
+        "evaluation_model_template_pivot": _model_template_pivot(scores),
+        "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
+    }
 
 
 def fold(pairs) -> dict:
@@ -219,25 +229,36 @@ def _bool(value):
     return {True: "true", False: "false"}.get(value, value)
 
 
-def _members(cohorts) -> dict:
-    """gen_id -> [lineage tuple from the newest cohort listing it, set of cohort_ids]."""
-    members = {}
-    for cohort_id, (_, ev) in sorted(cohorts.items(), key=lambda item: item[1][0]):
-        fields = list(ev.get("member_fields") or [])
-        if "gen_id" not in fields:
-            continue
-        gen_at = fields.index("gen_id")
-        # A column for each LINEAGE field; one the cohort does not list reads as None.
-        pick = itemgetter(*(fields.index(f) if f in fields else len(fields) for f in LINEAGE))
-        for values in ev.get("members") or []:
-            entry = members.get(values[gen_at])
-            if entry is None:
-                entry = members[values[gen_at]] = [None, set()]
-            # Cohorts are visited oldest first, so the newest listing's lineage wins.
-            entry[0] = pick(values + [None])
-            if cohort_id is not None:
-                entry[1].add(cohort_id)
-    return members
+def _listing(ev) -> dict:
+    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins)."""
+    fields = list(ev.get("member_fields") or [])
+    if "gen_id" not in fields:
+        return {}
+    gen_at = fields.index("gen_id")
+    # A column for each LINEAGE field; one the cohort does not list reads as None.
+    pick = itemgetter(*(fields.index(f) if f in fields else len(fields) for f in LINEAGE))
+    return {values[gen_at]: pick(values + [None]) for values in ev.get("members") or []}
+
+
+def _listings(cohorts) -> dict:
+    """gen_id -> {cohort_id: (event key, LINEAGE values)} over the latest cohort_built of each cohort."""
+    listings = {}
+    for cohort_id, (key, ev) in cohorts.items():
+        for gen_id, lin in _listing(ev).items():
+            listing = listings.get(gen_id)
+            if listing is None:
+                listings[gen_id] = {cohort_id: (key, lin)}
+            else:
+                listing[cohort_id] = (key, lin)
+    return listings
+
+
+def _member(listing) -> tuple:
+    """(lineage from the newest cohort listing the generation, set of the cohort_ids listing it)."""
+    if len(listing) == 1:
+        (cohort_id, (_, lin)), = listing.items()
+        return lin, set() if cohort_id is None else {cohort_id}
+    return max(listing.values())[1], {c for c in listing if c is not None}
 
 
 def _lineage(g, member) -> tuple:
@@ -273,19 +294,33 @@ def _mean(values):
 
 
 def _generation_pivot(scores) -> tuple:
-    cells = {}   # (pivot index, evaluation column) -> scores
+    cells = _pivot_cells(scores)
+    columns = sorted({column for _, column in cells})
+    return PIVOT_INDEX + tuple(columns) + ("mean", "n"), _pivot_rows(cells, columns)
+
+
+def _pivot_cells(scores) -> dict:
+    """(pivot index, evaluation column) -> scores."""
+    cells = {}
     pick = itemgetter(*_PIVOT_AT)
     for s in scores:
         index = pick(s)
         if None in index:  # None cannot be sorted with text
             index = tuple(v or "" for v in index)
-        key = (index, f"{s[_EVAL_TEMPLATE_AT]}__{s[_EVAL_LLM_AT]}")
+        key = (index, _pivot_column(s))
         values = cells.get(key)
         if values is None:
             cells[key] = [float(s[_SCORE_AT])]
         else:
             values.append(float(s[_SCORE_AT]))
-    columns = sorted({column for _, column in cells})
+    return cells
+
+
+def _pivot_column(score_row) -> str:
+    return f"{score_row[_EVAL_TEMPLATE_AT]}__{score_row[_EVAL_LLM_AT]}"
+
+
+def _pivot_rows(cells, columns) -> list:
     at = {column: i for i, column in enumerate(columns)}
     rows, index, row, every = [], None, None, None
     for (key_index, column), values in sorted(cells.items()):
@@ -297,18 +332,25 @@ def _generation_pivot(scores) -> tuple:
         every += values
     if index is not None:
         rows.append(index + tuple(row) + (_mean(every), len(every)))
-    return PIVOT_INDEX + tuple(columns) + ("mean", "n"), rows
+    return rows
+
+
+def _model_template_cell(score_row) -> tuple:
+    return score_row[_EVAL_TEMPLATE_AT] or "", score_row[_EVAL_LLM_AT] or ""
 
 
 def _model_template_pivot(scores) -> tuple:
     cells = {}
     for s in scores:
-        cells.setdefault((s[_EVAL_TEMPLATE_AT] or "", s[_EVAL_LLM_AT] or ""), []).append(
-            float(s[_SCORE_AT]))
-    llms = sorted({llm for _, llm in cells})
-    rows = [(template,) + tuple(_mean(cells[(template, llm)]) if (template, llm) in cells else None
-                                for llm in llms)
-            for template in sorted({t for t, _ in cells})]
+        cells.setdefault(_model_template_cell(s), []).append(float(s[_SCORE_AT]))
+    return _model_template_table({cell: _mean(values) for cell, values in cells.items()})
+
+
+def _model_template_table(means) -> tuple:
+    """The pivot from {(evaluation template, evaluation llm): mean score}."""
+    llms = sorted({llm for _, llm in means})
+    rows = [(template,) + tuple(means.get((template, llm)) for llm in llms)
+            for template in sorted({t for t, _ in means})]
     return ("evaluation_template",) + tuple(llms), rows
 
 
@@ -325,37 +367,83 @@ def to_csv(columns, rows) -> str:
 def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
     """(Re)write the CSV tables in ``tables_dir`` from the segments under ``events_dir``.
 
-    Folds only what was appended since the last replay into the state it saved
-    (pipeline.fold_state), unless ``full`` or that state is missing or no longer matches the
-    log; the tables are byte-identical either way. Raises EventLogError for a malformed line
-    (unless ``skip_bad``) or a newer schema."""
+    Folds only what was appended since the last replay, updating the rows it touches
+    (pipeline.replay_delta) in the state saved by the last replay (pipeline.fold_state), unless
+    ``full`` or that state is missing or no longer matches the log or the tables; the tables are
+    byte-identical either way. Raises EventLogError for a malformed line (unless ``skip_bad``)
+    or a newer schema."""
+    from .replay_delta import update
+
     # The fold keeps ~one small object per event alive and makes no cycles; without this the
     # cyclic GC would rescan that growing heap again and again (about half the run time).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        state = None if full else fold_state.load(tables_dir, events_dir, Fold)
-        stats = ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir), incremental=state is not None)
-        saved_bytes = state.covered() if state is not None else 0
-        if state is not None and not fold_state.read_new(state, stats.read, skip_bad):
-            state, stats, saved_bytes = None, ReplayStats(read=ReadStats(), tables_dir=Path(tables_dir)), 0
-        if state is None:
-            state = fold_state.FoldState.empty(events_dir, Fold())
-            fold_state.read_new(state, stats.read, skip_bad)
-        stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
-        tables = state.fold.tables()
-        for name in TABLES:
-            columns, rows = tables[name]
-            # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
-            write_if_changed(Path(tables_dir) / f"{name}.csv", to_csv(columns, rows), fsync=False)
-            stats.rows[name] = len(rows)
-        # after the tables: a state never covers events the tables do not show
-        if not stats.incremental or fold_state.worth_saving(state, saved_bytes):
-            fold_state.save(state, tables_dir)
+        state = None if full else fold_state.open_state(tables_dir, events_dir)
+        if state is not None:
+            try:
+                stats = update(state, Path(tables_dir), skip_bad)
+                if stats is not None:
+                    return stats
+            finally:
+                state.close()
+        return _replay_full(events_dir, Path(tables_dir), skip_bad)
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
+    stats = ReplayStats(read=ReadStats(), tables_dir=tables_dir, version_after=uuid.uuid4().hex)
+    state = fold_state.FoldState.empty(events_dir)
+    fold = Fold()
+    fold_state.read_new(state, fold, stats.read, skip_bad)
+    stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
+    listings = _listings(fold.cohorts)
+    gens, members, lineage = _resolve(fold.gens, listings)
+    tables = _tables(gens, members, lineage, fold.calls)
+    for name in TABLES:
+        columns, rows = tables[name]
+        # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+        write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
+        stats.rows[name] = len(rows)
+    # after the tables: a state never covers events the tables do not show
+    values = attrgetter(*_Gen.__slots__)
+    records = {gen_id: (values(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
+    for gen_id in listings.keys() - fold.gens.keys():
+        records[gen_id] = (None, listings[gen_id])
+    children = {}
+    for gen_id, lin in lineage.items():
+        parent = lin[1]
+        if parent and type(parent) is str:
+            children.setdefault(parent, []).append(gen_id)
+    cohorts = {cohort_id: (key, list(_listing(ev)), fold.cohort_events[cohort_id])
+               for cohort_id, (key, ev) in fold.cohorts.items()}
+    state.meta = _meta(stats, tables, tables_dir)
+    fold_state.write_state(tables_dir, state, records, children, cohorts)
     return stats
+
+
+def _meta(stats, tables, tables_dir) -> dict:
+    """What the next incremental replay needs beside the records (pipeline.replay_delta)."""
+    scores = tables["scores_long"][1]
+    columns, cells = {}, {}
+    for s in scores:
+        column = _pivot_column(s)
+        columns[column] = columns.get(column, 0) + 1
+        cells.setdefault(_model_template_cell(s), []).append(float(s[_SCORE_AT]))
+    return {"version": stats.version_after, "rows": dict(stats.rows), "columns": columns,
+            "cells": {cell: (len(values), values) for cell, values in cells.items()},
+            "files": table_files(tables_dir)}
+
+
+def table_files(tables_dir) -> dict:
+    """table -> (size, mtime, inode) of its file: a table changed by anyone else means a full replay."""
+    files = {}
+    for name in TABLES:
+        st = os.stat(Path(tables_dir) / f"{name}.csv")
+        files[name] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return files
 
 
 def load_tables(tables_dir) -> dict:

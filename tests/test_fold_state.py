@@ -1,5 +1,6 @@
 """Incremental replay: the tables after any sequence of appends and replays are byte for byte
 those of one full replay, including the original's cross-experiment tables computed from them."""
+import csv
 import json
 import logging
 import shutil
@@ -7,7 +8,6 @@ from pathlib import Path
 
 from bench.replay_bench import generate
 from pipeline.events import EventLog
-from pipeline import fold_state
 from pipeline.fold_state import STATE_FILE
 from pipeline.original_tables import write_cross_experiment_tables
 from pipeline.replay import TABLES, replay
@@ -23,6 +23,19 @@ def outputs(data_root, tables_dir) -> dict:
     return files
 
 
+def generate_later(events, n_events, writers, seed, day):
+    """bench.replay_bench.generate's events moved to a later day, appended to the same segments
+    (its timeline restarts at 2025-01-01: calls at one timestamp would mean a full replay)."""
+    scratch = events.parent / f"scratch-{seed}"
+    generate(scratch, n_events, writers=writers, seed=seed)
+    for path in sorted(scratch.rglob("*.jsonl")):
+        target = events / path.relative_to(scratch)
+        text = path.read_text().replace('"ts":"2025-01-01T', f'"ts":"2025-01-{day:02d}T')
+        with open(target, "a") as fh:
+            fh.write(text)
+    shutil.rmtree(scratch)
+
+
 def full_replay(tmp_path, events_dir, name):
     root = tmp_path / name
     stats = replay(events_dir, root / "tables", full=True)
@@ -35,8 +48,7 @@ def incremental(data_root, events_dir):
     return stats, outputs(data_root, data_root / "tables")
 
 
-def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(fold_state, "SAVE_FRACTION", 0)   # the state is saved after every replay
+def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp_path, caplog):
     events = tmp_path / "events"
     data = tmp_path / "data"
     generate(events, 1500, writers=3, seed=1)   # three segments of synthetic cohorts
@@ -44,7 +56,7 @@ def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp
     assert not first.incremental and (data / "tables" / STATE_FILE).exists()
 
     # appends to the same segments: the same generations run again (later ts), new scores
-    generate(events, 1500, writers=3, seed=2)
+    generate_later(events, 1500, writers=3, seed=2, day=2)
     stats, tables = incremental(data, events)
     assert stats.incremental and 0 < stats.read.events < 2 * first.read.events
     assert tables == full_replay(tmp_path, events, "full1")
@@ -104,17 +116,29 @@ def test_a_changed_or_duplicated_segment_means_a_full_replay(tmp_path):
     assert tables == full_replay(tmp_path, events, "full3")
 
 
-def test_a_small_append_leaves_the_saved_state_and_is_read_again_next_time(tmp_path):
+def test_an_incremental_replay_names_the_rows_it_changed_and_the_versions(tmp_path):
     events = tmp_path / "events"
     data = tmp_path / "data"
     generate(events, 3000, writers=2, seed=1)
-    incremental(data, events)
-    state_file = data / "tables" / STATE_FILE
-    saved = state_file.read_bytes()
+    first = replay(events, data / "tables")
+    assert first.delta is None and first.version_after
+    old = {row["gen_id"]: row for row in csv.DictReader(open(data / "tables" / "evaluation_results.csv"))}
     log = EventLog(events)
     log.emit("score_parsed", cohort_id="late", stage="evaluation", gen_id="v_000000000000_1", score=3.5)
     log.close()
     stats, tables = incremental(data, events)
-    assert stats.read.events == 1 and state_file.read_bytes() == saved   # under 1% of the log: not saved
-    stats, again = incremental(data, events)
-    assert stats.read.events == 1 and again == tables == full_replay(tmp_path, events, "full")
+    assert stats.incremental and stats.read.events == 1
+    assert stats.version_before == first.version_after != stats.version_after
+    assert set(stats.delta["evaluation_results"]) == set(stats.delta["scores_long"]) == {"v_000000000000_1"}
+    assert stats.delta["generation_results"] == {}
+    row = stats.delta["evaluation_results"]["v_000000000000_1"]
+    assert row[11] == 3.5 and old["v_000000000000_1"]["score"] != "3.5"
+    written = dict(zip(old["v_000000000000_1"], row))
+    assert {k: "" if v is None else str(v) for k, v in written.items()} == \
+        next(r for r in csv.DictReader(open(data / "tables" / "evaluation_results.csv")) if r["gen_id"] == "v_000000000000_1")
+    assert tables == full_replay(tmp_path, events, "full")
+
+    again = replay(events, data / "tables")   # nothing new: nothing changes, same version
+    assert again.incremental and again.read.events == 0
+    assert again.delta == {name: {} for name in stats.delta}
+    assert again.version_before == again.version_after == stats.version_after

@@ -1,0 +1,76 @@
+"""Replace groups of rows in a CSV file sorted by its first column, without parsing the rest.
+
+    >>> data, removed = splice(path.read_bytes(), {"e_12": b"e_12,...\\n", "v_9": b""})
+
+A group is every row whose first field is the key (a generation's row, an essay's pivot rows,
+the calls at one timestamp); the new text replaces it, or goes where the key sorts. Row starts
+are found by bisecting byte offsets: a newline starts a row unless it lies inside a quoted field
+(an odd number of quote characters before it - csv doubles quotes inside quoted fields).
+"""
+import re
+from bisect import bisect_left
+
+_QUOTE = re.compile(b'"')
+
+
+class SpliceError(Exception):
+    """The file cannot be spliced (a quoted key, or a group that must be new exists)."""
+
+
+class _Rows:
+    def __init__(self, data: bytes):
+        self.data = data
+        self.quotes = [m.start() for m in _QUOTE.finditer(data)] if b'"' in data else []
+        self.body = self.start_at(1)  # after the header
+
+    def start_at(self, p) -> int:
+        """The first row start at or after byte ``p`` (len(data) past the last row)."""
+        data, quotes = self.data, self.quotes
+        i = data.find(b"\n", p - 1)
+        while i != -1 and quotes and bisect_left(quotes, i) & 1:
+            i = data.find(b"\n", i + 1)
+        return len(data) if i == -1 else i + 1
+
+    def key(self, s) -> bytes:
+        data = self.data
+        if data[s:s + 1] == b'"':
+            raise SpliceError(f"quoted key at byte {s}")
+        end = data.find(b",", s)
+        newline = data.find(b"\n", s)
+        return data[s:end if 0 <= end < newline else newline]
+
+    def first_at_or_after(self, key: bytes) -> int:
+        """The start of the first row whose key is >= ``key``."""
+        lo, hi, end = self.body, len(self.data), len(self.data)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            s = self.start_at(mid)
+            if s < end and self.key(s) < key:
+                lo = self.start_at(s + 1)
+            else:
+                hi = mid
+        return self.start_at(lo)
+
+    def group(self, key: bytes) -> tuple:
+        """(start, end, rows) of the rows keyed ``key``; start == end where it would go."""
+        start = end = self.first_at_or_after(key)
+        rows = 0
+        while end < len(self.data) and self.key(end) == key:
+            end, rows = self.start_at(end + 1), rows + 1
+        return start, end, rows
+
+
+def splice(data: bytes, groups: dict, must_be_new=False) -> tuple:
+    """``data`` with the rows of each key in ``groups`` (str -> the new rows' bytes, b"" to
+    remove them) replaced; returns (new data, rows removed). ``must_be_new``: a key already in
+    the file raises SpliceError (rows within a group are ordered by what the file does not show)."""
+    rows = _Rows(data)
+    pieces, at, removed = [], 0, 0
+    for key in sorted(groups):
+        start, end, n = rows.group(key.encode("utf-8"))
+        if n and must_be_new:
+            raise SpliceError(f"rows keyed {key!r} exist")
+        pieces += (data[at:start], groups[key])
+        at, removed = end, removed + n
+    pieces.append(data[at:])
+    return b"".join(pieces), removed
