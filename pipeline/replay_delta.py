@@ -17,7 +17,8 @@ import csv
 import io
 import math
 import uuid
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from . import fold_state
@@ -303,15 +304,20 @@ def _csv_bytes(rows) -> bytes:
 def _recolumn(data: bytes, old_columns, new_columns) -> bytes:
     """The generation pivot with its evaluation columns changed to ``new_columns``; a column
     added is empty in every row, a column dropped was empty in every row."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
-    next(reader)
     width = len(PIVOT_INDEX)
-    at = [width + old_columns.index(c) if c in old_columns else None for c in new_columns]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(PIVOT_INDEX + tuple(new_columns) + ("mean", "n"))
-    writer.writerows(row[:width] + [row[i] if i is not None else "" for i in at] + row[-2:] for row in reader)
-    return out.getvalue().encode("utf-8")
+    header = to_csv(PIVOT_INDEX + tuple(new_columns) + ("mean", "n"), []).encode("utf-8")
+    if b'"' in data:   # quoted fields: let csv find them
+        reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+        next(reader)
+        at = [width + old_columns.index(c) if c in old_columns else None for c in new_columns]
+        return header + _csv_bytes(row[:width] + [row[i] if i is not None else "" for i in at] + row[-2:]
+                                   for row in reader)
+    # no quotes: every comma separates fields
+    lines = data.split(b"\n")[1:-1]
+    old_width = width + len(old_columns) + 2
+    pick = itemgetter(*range(width), *(width + old_columns.index(c) if c in old_columns else old_width
+                                       for c in new_columns), old_width - 2, old_width - 1)
+    return header + b"".join(b",".join(pick(fields + [b""])) + b"\n" for fields in map(bytes.split, lines, repeat(b",")))
 
 
 def _partials(values) -> list:
