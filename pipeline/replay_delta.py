@@ -211,6 +211,8 @@ class _Update:
             raise _GiveUp("an event already folded appears again")
         fold = Fold()
         fold.gens = {g: _gen_from(r[0]) for g in gen_ids if (r := self.old[g]) is not None and r[0] is not None}
+        for g in fold.gens.values():   # Fold.add changes these in place; the old records must stay
+            g.cohorts, g.ids = set(g.cohorts), list(g.ids)
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls

@@ -142,3 +142,66 @@ def test_an_incremental_replay_names_the_rows_it_changed_and_the_versions(tmp_pa
     assert again.incremental and again.read.events == 0
     assert again.delta == {name: {} for name in stats.delta}
     assert again.version_before == again.version_after == stats.version_after
+
+
+def test_each_kind_of_change_replays_incrementally_to_the_full_replays_bytes(tmp_path):
+    """Every step appends events of one kind; after each, the incremental tables (and the
+    cross-experiment tables) equal a full replay's, and the delta names the changed rows."""
+    events, data = tmp_path / "events", tmp_path / "data"
+    generate(events, 1200, writers=2, seed=1)
+    replay(events, data / "tables")
+    fields = ["stage", "gen_id", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate"]
+    essay = dict(stage="essay", gen_id="e_000000000001", parent_gen_id="d_000000000001",
+                 combo_id="combo_v1_00000001", template_id="essay-x", llm_model_id="sonnet-4", replicate=1)
+    new_eval = dict(stage="evaluation", gen_id="v_new", parent_gen_id=essay["gen_id"], combo_id=None,
+                    template_id="new-template", llm_model_id="new-llm", replicate=1)
+    draft = dict(stage="draft", gen_id="d_000000000002", parent_gen_id=None, combo_id="combo_v1_00000002",
+                 template_id="creative-synthesis-v10", llm_model_id="sonnet-4", replicate=1)
+    done = dict(finish_reason="stop", prompt_tokens=1, completion_tokens=2, cost=0.5, duration_s=1.0,
+                attempts=1, source="run", copy=False)
+    steps = {
+        # a new cohort over old generations, with a new evaluation (new pivot column) of an old essay
+        "new cohort": lambda log: (
+            log.emit("cohort_built", cohort_id="again", member_fields=fields,
+                     members=[[m[f] for f in fields] for m in (essay, new_eval)]),
+            log.emit("generation_started", cohort_id="again", **new_eval),
+            log.emit("score_parsed", cohort_id="again", stage="evaluation", gen_id="v_new", score=4.25,
+                     scale="0-9", parser="p"),
+            log.emit("generation_completed", cohort_id="again", **new_eval, **done)),
+        # the cohort rebuilt without the essay, listing an old draft under another combo
+        "membership": lambda log: log.emit(
+            "cohort_built", cohort_id="again", member_fields=fields,
+            members=[[m[f] for f in fields] for m in (new_eval, dict(draft, combo_id="other"))]),
+        # an old evaluation judged again (re-parse changes its score), one re-parse failing
+        "reparse": lambda log: (
+            log.emit("score_parsed", cohort_id="again", stage="evaluation", gen_id="v_000000000001_0",
+                     score=1.5, scale="0-9", parser="p"),
+            log.emit("parse_failed", cohort_id="again", stage="evaluation", gen_id="v_000000000001_1",
+                     parser="p", reason="r")),
+        # failed, then completed; the only score of a pivot column removed
+        "failed then done": lambda log: (
+            log.emit("generation_failed", cohort_id="again", **draft, error_class="E", error="a, \"quoted\"\nerror"),
+            log.emit("generation_completed", cohort_id="again", **new_eval, **done),
+            log.emit("parse_failed", cohort_id="again", stage="evaluation", gen_id="v_new", parser="p",
+                     reason="r")),
+        # an essay's lineage changes: its evaluations' rows show the new draft
+        "lineage": lambda log: log.emit("generation_started", cohort_id="again", **dict(essay, parent_gen_id=draft["gen_id"])),
+    }
+    for name, step in steps.items():
+        log = EventLog(events)
+        step(log)
+        log.close()
+        stats, tables = incremental(data, events)
+        assert stats.incremental and stats.delta is not None, name
+        assert tables == full_replay(tmp_path, events, name.replace(" ", "-")), name
+    assert stats.delta["evaluation_results"]["v_000000000001_0"][2] == "d_000000000002"   # draft_gen_id
+
+    # calls out of order: an old timestamp between existing calls is spliced in
+    old_ts = "2025-01-01T00:00:00.000001Z"
+    with open(events / "2025-01-01" / "late.jsonl", "w") as fh:
+        fh.write(json.dumps({"event_id": "c" * 32, "schema": 1, "ts": old_ts, "type": "llm_call_failed",
+                             "cohort_id": "late", "stage": "draft", "gen_id": "d_000000000003",
+                             "attempt": 1, "status": 500, "error_class": "E", "will_retry": True}) + "\n")
+    stats, tables = incremental(data, events)
+    assert stats.incremental and tables == full_replay(tmp_path, events, "calls")
+    assert (data / "tables" / "llm_calls.csv").read_text().split("\n")[1].startswith(old_ts)
