@@ -11,6 +11,7 @@ import re
 from bisect import bisect_left
 
 _QUOTE = re.compile(b'"')
+_NEEDS_QUOTES = re.compile('[,"\r\n]')   # csv.writer quotes a field holding one of these
 
 
 class SpliceError(Exception):
@@ -67,6 +68,8 @@ def splice(data: bytes, groups: dict, must_be_new=False) -> tuple:
     rows = _Rows(data)
     pieces, at, removed = [], 0, 0
     for key in sorted(groups):
+        if _NEEDS_QUOTES.search(key):
+            raise SpliceError(f"key {key!r} would be quoted")
         start, end, n = rows.group(key.encode("utf-8"))
         if n and must_be_new:
             raise SpliceError(f"rows keyed {key!r} exist")

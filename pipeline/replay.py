@@ -387,7 +387,9 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
                     return stats
             finally:
                 state.close()
-        return _replay_full(events_dir, Path(tables_dir), skip_bad)
+        stats = _replay_full(events_dir, Path(tables_dir), skip_bad)
+        stats.version_before = state.meta["version"] if state is not None else None
+        return stats
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -129,20 +129,11 @@ class _Update:
         touched = self.fold(pairs)
         old_view, new_view = self.view(touched, new=False), self.view(touched, new=True)
         # the children lists follow each touched generation's parent
-        moves = {}
-        for gen_id in touched:
-            before, after = old_view.parent(gen_id), new_view.parent(gen_id)
-            if before != after:
-                moves.setdefault(before, set()), moves.setdefault(after, set())
-                moves[before].discard(gen_id) if before else None
-                moves[after].add(gen_id) if after else None
-        moves.pop(None, None)
-        if moves:
-            current = state.children(moves)
-            for parent, added in moves.items():
-                kids = [k for k in current[parent] if k not in touched or new_view.parent(k) == parent]
-                kids += sorted(added - set(kids))
-                state.set_children(parent, kids)
+        moved = {gen_id for gen_id in touched if old_view.parent(gen_id) != new_view.parent(gen_id)}
+        parents = {p for gen_id in moved for p in (old_view.parent(gen_id), new_view.parent(gen_id)) if p}
+        for parent, kids in state.children(parents).items():
+            state.set_children(parent, [k for k in kids if k not in moved]
+                               + sorted(k for k in moved if new_view.parent(k) == parent))
         affected = set(touched)
         level = set(touched)
         while level:   # down to the evaluations: their rows show their essay's and draft's lineage

@@ -1,0 +1,60 @@
+"""Splicing rows into a sorted CSV gives the bytes of writing the whole table again."""
+import csv
+import io
+import random
+
+import pytest
+
+from pipeline.csv_splice import SpliceError, splice
+from pipeline.replay import PIVOT_INDEX, to_csv
+from pipeline.replay_delta import _recolumn
+
+
+def csv_bytes(rows, header=("k", "a", "b")) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
+def test_splice_equals_a_rewrite_with_quoted_newlines_and_commas_in_other_fields():
+    rng = random.Random(1)
+    keys = [f"k{i:03d}" for i in range(60)]
+    for _ in range(2000):
+        table = {k: [[k, rng.choice(["x", "a\nb,c", 'q"\n"', ""]), str(j)] for j in range(rng.choice([1, 1, 2]))]
+                 for k in rng.sample(keys, rng.randint(0, 30))}
+        data = csv_bytes([row for k in sorted(table) for row in table[k]])
+        changes = {k: [[k, rng.choice(["y", "\n\n,", '"', ""]), str(j)] for j in range(rng.choice([0, 1, 2]))]
+                   for k in rng.sample(keys, rng.randint(0, 8))}
+        expected = {**table, **changes}
+        spliced, removed = splice(data, {k: csv_bytes(rows, header=None) for k, rows in changes.items()})
+        assert spliced == csv_bytes([row for k in sorted(expected) for row in expected[k]])
+        assert removed == sum(len(table.get(k, [])) for k in changes)
+
+
+def test_splice_refuses_an_existing_group_that_must_be_new_and_a_key_csv_would_quote():
+    data = csv_bytes([["k1", "a", "b"]])
+    with pytest.raises(SpliceError):
+        splice(data, {"k1": b"k1,c,d\n"}, must_be_new=True)
+    with pytest.raises(SpliceError):
+        splice(data, {"k,2": b'"k,2",c,d\n'})
+    assert splice(data, {"k0": b"k0,c,d\n"}, must_be_new=True)[0] == csv_bytes([["k0", "c", "d"], ["k1", "a", "b"]])
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_recolumn_equals_the_pivot_written_with_the_new_columns(quoted):
+    rng = random.Random(3)
+    every = [f"c{i}" for i in range(8)]
+    for trial in range(300):
+        old = sorted(rng.sample(every, rng.randint(0, 6)))
+        new = sorted(set(old) - set(rng.sample(old, rng.randint(0, len(old)))) | set(rng.sample(every, rng.randint(0, 3))))
+        kept = set(old) & set(new)   # a column dropped or added is empty in every row
+        rows = [((f"e{r}", rng.choice(["a", "b,c", 'x"y']) if quoted else "a", "t", "u", "v"),
+                 {c: rng.choice([None, 1.5, 2.0]) for c in kept}) for r in range(rng.randint(0, 20))]
+
+        def pivot(columns):
+            return to_csv(PIVOT_INDEX + tuple(columns) + ("mean", "n"),
+                          [index + tuple(cells.get(c) for c in columns) + (1.0, 2) for index, cells in rows]).encode()
+        assert _recolumn(pivot(old), old, new) == pivot(new)
