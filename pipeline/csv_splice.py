@@ -7,8 +7,12 @@ the calls at one timestamp); the new text replaces it, or goes where the key sor
 are found by bisecting byte offsets: a newline starts a row unless it lies inside a quoted field
 (an odd number of quote characters before it - csv doubles quotes inside quoted fields).
 """
+import mmap
+import os
 import re
 from bisect import bisect_left
+
+from .fsio import write_bytes_atomic
 
 _QUOTE = re.compile(b'"')
 _NEEDS_QUOTES = re.compile('[,"\r\n]')   # csv.writer quotes a field holding one of these
@@ -21,7 +25,7 @@ class SpliceError(Exception):
 class _Rows:
     def __init__(self, data: bytes):
         self.data = data
-        self.quotes = [m.start() for m in _QUOTE.finditer(data)] if b'"' in data else []
+        self.quotes = [m.start() for m in _QUOTE.finditer(data)] if data.find(b'"') != -1 else []
         self.body = self.start_at(1)  # after the header
 
     def start_at(self, p) -> int:
@@ -61,19 +65,62 @@ class _Rows:
         return start, end, rows
 
 
-def splice(data: bytes, groups: dict, must_be_new=False) -> tuple:
-    """``data`` with the rows of each key in ``groups`` (str -> the new rows' bytes, b"" to
-    remove them) replaced; returns (new data, rows removed). ``must_be_new``: a key already in
-    the file raises SpliceError (rows within a group are ordered by what the file does not show)."""
+def _edits(data, groups, must_be_new) -> tuple:
+    """([(start, end, new bytes)] in file order, rows removed) for ``groups`` in ``data``."""
     rows = _Rows(data)
-    pieces, at, removed = [], 0, 0
+    edits, removed = [], 0
     for key in sorted(groups):
         if _NEEDS_QUOTES.search(key):
             raise SpliceError(f"key {key!r} would be quoted")
         start, end, n = rows.group(key.encode("utf-8"))
         if n and must_be_new:
             raise SpliceError(f"rows keyed {key!r} exist")
-        pieces += (data[at:start], groups[key])
-        at, removed = end, removed + n
+        edits.append((start, end, groups[key]))
+        removed += n
+    return edits, removed
+
+
+def splice(data: bytes, groups: dict, must_be_new=False) -> tuple:
+    """``data`` with the rows of each key in ``groups`` (str -> the new rows' bytes, b"" to
+    remove them) replaced; returns (new data, rows removed). ``must_be_new``: a key already in
+    the file raises SpliceError (rows within a group are ordered by what the file does not show)."""
+    edits, removed = _edits(data, groups, must_be_new)
+    pieces, at = [], 0
+    for start, end, text in edits:
+        pieces += (data[at:start], text)
+        at = end
     pieces.append(data[at:])
     return b"".join(pieces), removed
+
+
+def splice_file(path, groups: dict, must_be_new=False) -> int:
+    """splice() a file in place (atomically, no fsync); returns the rows removed. The unchanged
+    stretches are copied by the kernel (copy_file_range), not through Python."""
+    with open(path, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        if not size:
+            raise SpliceError(f"{path} is empty")
+        with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            edits, removed = _edits(data, groups, must_be_new)
+
+        def write(fh):
+            out, at = fh.fileno(), 0
+            for start, end, text in edits + [(size, size, b"")]:
+                _copy(src.fileno(), out, at, start - at)
+                view = memoryview(text)
+                while view:
+                    view = view[os.write(out, view):]
+                at = end
+        write_bytes_atomic(path, write, fsync=False)
+    return removed
+
+
+def _copy(src, out, offset, count) -> None:
+    while count > 0:
+        try:
+            done = os.copy_file_range(src, out, count, offset)
+        except (AttributeError, OSError):   # not Linux, or a filesystem pair it cannot copy between
+            done = os.write(out, os.pread(src, min(count, 1 << 24), offset))
+        if not done:
+            raise SpliceError("the table shrank while being spliced")
+        offset, count = offset + done, count - done

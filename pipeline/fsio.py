@@ -43,7 +43,7 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
         # umask), so a data/ shared by several users or machines stays readable
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            data(fh) if callable(data) else fh.write(data)
             fh.flush()
             if fsync:
                 os.fsync(fh.fileno())
@@ -91,8 +91,9 @@ def _alive(pid):
     return True
 
 
-def write_bytes_atomic(path, data: bytes, fsync: bool = True) -> None:
-    """``fsync=False`` for bulk, re-derivable files (metadata seeds): rename stays atomic."""
+def write_bytes_atomic(path, data, fsync: bool = True) -> None:
+    """``fsync=False`` for bulk, re-derivable files (metadata seeds): rename stays atomic.
+    ``data``: bytes, or a function writing them to the open file (binary, unbuffered use is fine)."""
     path = Path(path)
     tmp = _write_tmp(path, data, fsync)
     os.replace(tmp, path)

@@ -22,7 +22,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from . import fold_state
-from .csv_splice import SpliceError, splice
+from .csv_splice import SpliceError, splice, splice_file
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
 from .replay import (PIVOT_INDEX, ReplayStats, TABLES, _Gen, _SCORE_AT, _lineage, _listing, _member,
@@ -148,7 +148,7 @@ class _Update:
                        if old_rows.get(gen_id) != new_rows.get(gen_id)}
             delta[name] = changed
         meta = dict(state.meta)
-        edits = {}   # table -> function(old bytes) -> (new bytes, change in the row count)
+        edits = {}   # table -> function(path) rewriting the file, returning the change in its row count
         for name, old_rows in zip(_ROW_TABLES, before):
             changed = delta[name]
             if changed:
@@ -166,13 +166,10 @@ class _Update:
                                           must_be_new=True)
         rows, rewritten = dict(meta["rows"]), False
         for name, edit in edits.items():
-            path = self.tables_dir / f"{name}.csv"
-            old = path.read_bytes()
-            data, added = edit(old)
-            rows[name] += added
-            if data != old:
-                # no fsync, as in a full replay; the state, committed after, records the new files
-                write_bytes_atomic(path, data, fsync=False)
+            # no fsync, as in a full replay; the state, committed after, records the new files
+            added = edit(self.tables_dir / f"{name}.csv")
+            if added is not None:
+                rows[name] += added
                 rewritten = True
         if rewritten or any(delta.values()):
             meta["version"] = uuid.uuid4().hex
@@ -263,8 +260,9 @@ class _Update:
             cells[cell] = (count, _partials(list(values) + [v for _, v in changes]))
         meta["cells"] = cells = {cell: entry for cell, entry in cells.items() if entry[0]}
         table = _model_template_table({cell: math.fsum(values) / count for cell, (count, values) in cells.items()})
-        edits["evaluation_model_template_pivot"] = lambda old: (to_csv(*table).encode("utf-8"),
-                                                                len(table[1]) - (old.count(b"\n") - 1))
+        rows_before = meta["rows"]["evaluation_model_template_pivot"]
+        edits["evaluation_model_template_pivot"] = lambda path: _rewrite(path, to_csv(*table).encode("utf-8"),
+                                                                         len(table[1]) - rows_before)
 
         old_columns = sorted(c for c, n in meta["columns"].items() if n)
         meta["columns"] = {c: n for c, n in columns.items() if n}
@@ -276,16 +274,31 @@ class _Update:
                 groups[row[1]].append(row)
         pivot = {essay: _pivot_rows(_pivot_cells(rows), new_columns) for essay, rows in groups.items()}
 
-        def edit(old):
-            if old_columns != new_columns:
-                old = _recolumn(old, old_columns, new_columns)
-            data, removed = splice(old, {essay: _csv_bytes(rows) for essay, rows in pivot.items()})
-            return data, sum(map(len, pivot.values())) - removed
+        groups = {essay: _csv_bytes(rows) for essay, rows in pivot.items()}
+        added = sum(map(len, pivot.values()))
+
+        def edit(path):
+            if old_columns == new_columns:
+                return added - splice_file(path, groups)
+            data, removed = splice(_recolumn(path.read_bytes(), old_columns, new_columns), groups)
+            write_bytes_atomic(path, data, fsync=False)
+            return added - removed
         edits["generation_scores_pivot"] = edit
 
 
 def _splicer(groups, added, must_be_new=False):
-    return lambda old: (splice(old, groups, must_be_new)[0], added)
+    def edit(path):
+        splice_file(path, groups, must_be_new)
+        return added
+    return edit
+
+
+def _rewrite(path, data, added):
+    """Write ``data`` unless the file holds it already; None when it did."""
+    if path.read_bytes() == data:
+        return None
+    write_bytes_atomic(path, data, fsync=False)
+    return added
 
 
 def _csv_bytes(rows) -> bytes:
