@@ -25,7 +25,7 @@ from . import fold_state
 from .csv_splice import SpliceError, splice, splice_file
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
-from .replay import (PIVOT_INDEX, ReplayStats, TABLES, _Gen, _SCORE_AT, _lineage, _listing, _member,
+from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _SCORE_AT, _lineage, _listing, _member,
                      _model_template_cell, _model_template_table, _pivot_cells, _pivot_column, _pivot_rows,
                      _rows, table_files, to_csv)
 
@@ -185,8 +185,6 @@ class _Update:
     def fold(self, pairs) -> set:
         """Fold ``pairs`` into the records of the generations and cohorts they name; return the
         gen_ids whose records changed."""
-        from .replay import Fold
-
         state = self.state
         gen_ids = {ev["gen_id"] for _, ev in pairs if ev["type"] in EVENT_TYPES and ev["type"] != "cohort_built"}
         cohort_ids = {ev.get("cohort_id") for _, ev in pairs if ev["type"] == "cohort_built"}
@@ -204,26 +202,20 @@ class _Update:
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls
-        listings = {}   # gen_id -> its listing, for generations whose cohorts changed
-
-        def listing(gen_id):
-            if gen_id not in listings:
-                self.load((gen_id,))
-                old = self.old[gen_id]
-                listings[gen_id] = dict(old[1] or {}) if old is not None else {}
-            return listings[gen_id]
-
+        rebuilt = {c: _listing(ev) for c, (_, ev) in fold.cohorts.items() if ev is not None}
+        listed = {g for c, new_listing in rebuilt.items() for g in (*new_listing, *old_cohorts.get(c, (0, ()))[1])}
+        self.load(listed)
+        listings = {g: dict(self.old[g][1] or {}) if self.old[g] is not None else {} for g in listed}
         for cohort_id, ids in fold.cohort_events.items():
             old = old_cohorts.get(cohort_id)
-            key, ev = fold.cohorts[cohort_id]
+            key = fold.cohorts[cohort_id][0]
             members = old[1] if old is not None else []
-            if ev is not None:   # a newer cohort_built: the old listing goes, the new one comes
+            if cohort_id in rebuilt:   # a newer cohort_built: the old listing goes, the new one comes
                 for gen_id in members:
-                    listing(gen_id).pop(cohort_id, None)
-                new_listing = _listing(ev)
-                for gen_id, lin in new_listing.items():
-                    listing(gen_id)[cohort_id] = (key, lin)
-                members = list(new_listing)
+                    listings[gen_id].pop(cohort_id, None)
+                for gen_id, lin in rebuilt[cohort_id].items():
+                    listings[gen_id][cohort_id] = (key, lin)
+                members = list(rebuilt[cohort_id])
             state.set_cohort(cohort_id, (key, members, (old[2] if old is not None else []) + ids))
         for gen_id in gen_ids | listings.keys():
             old = self.old[gen_id]
