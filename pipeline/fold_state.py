@@ -29,7 +29,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from .events import _split_lines, iter_segments, scan_lines
-from .fsio import write_bytes_atomic
+from .fsio import new_tmp, write_bytes_atomic
 
 STATE_FILE = "_fold_state.sqlite"
 _OLD_STATE_FILES = ("_fold_state.marshal",)   # written by earlier versions: removed on a full replay
@@ -211,8 +211,7 @@ def write_state(tables_dir, state, records, children, cohorts) -> None:
         shards[shard_of(gen_id)][0][gen_id] = record
     for parent, kids in children.items():
         shards[shard_of(parent)][1][parent] = kids
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
+    tmp = new_tmp(path)
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = OFF")   # a new file, renamed into place when complete
@@ -225,6 +224,9 @@ def write_state(tables_dir, state, records, children, cohorts) -> None:
         db.executemany("INSERT INTO cohorts VALUES (?, ?)", ((repr(c), _pack(e)) for c, e in cohorts.items()))
         db.executemany("INSERT INTO meta VALUES (?, ?)", _meta_rows(state))
         db.execute("COMMIT")
+    except BaseException:
+        os.unlink(tmp)
+        raise
     finally:
         db.close()
     os.replace(tmp, path)

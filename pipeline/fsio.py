@@ -57,6 +57,12 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
     return tmp
 
 
+def new_tmp(path) -> str:
+    """An empty temporary file beside ``path`` (to fill and os.replace), named so that
+    remove_stale_tmp() deletes it if its writer dies."""
+    return _write_tmp(Path(path), b"", fsync=False)
+
+
 def remove_stale_tmp(folder) -> int:
     """Delete temporary files left in ``folder`` by writers on this host that are no longer running."""
     removed = 0

@@ -194,6 +194,7 @@ def test_each_kind_of_change_replays_incrementally_to_the_full_replays_bytes(tmp
         stats, tables = incremental(data, events)
         assert stats.incremental and stats.delta is not None, name
         assert tables == full_replay(tmp_path, events, name.replace(" ", "-")), name
+        assert stats.rows == replay(events, tmp_path / f"rows-{name}", full=True).rows, name
     assert stats.delta["evaluation_results"]["v_000000000001_0"][2] == "d_000000000002"   # draft_gen_id
 
     # calls out of order: an old timestamp between existing calls is spliced in
