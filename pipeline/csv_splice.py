@@ -19,7 +19,7 @@ _NEEDS_QUOTES = re.compile('[,"\r\n]')   # csv.writer quotes a field holding one
 
 
 class SpliceError(Exception):
-    """The file cannot be spliced (a quoted key, or a group that must be new exists)."""
+    """The file cannot be spliced (a key csv quotes, an empty file)."""
 
 
 class _Rows:
@@ -65,7 +65,19 @@ class _Rows:
         return start, end, rows
 
 
-def _edits(data, groups, must_be_new) -> tuple:
+def groups_in_file(path, keys) -> dict:
+    """key -> the bytes of its rows, for those of ``keys`` that have rows in the file."""
+    found = {}
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        rows = _Rows(data)
+        for key in keys:
+            start, end, n = rows.group(key.encode("utf-8"))
+            if n:
+                found[key] = data[start:end]
+    return found
+
+
+def _edits(data, groups) -> tuple:
     """([(start, end, new bytes)] in file order, rows removed) for ``groups`` in ``data``."""
     rows = _Rows(data)
     edits, removed = [], 0
@@ -73,18 +85,15 @@ def _edits(data, groups, must_be_new) -> tuple:
         if _NEEDS_QUOTES.search(key):
             raise SpliceError(f"key {key!r} would be quoted")
         start, end, n = rows.group(key.encode("utf-8"))
-        if n and must_be_new:
-            raise SpliceError(f"rows keyed {key!r} exist")
         edits.append((start, end, groups[key]))
         removed += n
     return edits, removed
 
 
-def splice(data: bytes, groups: dict, must_be_new=False) -> tuple:
+def splice(data: bytes, groups: dict) -> tuple:
     """``data`` with the rows of each key in ``groups`` (str -> the new rows' bytes, b"" to
-    remove them) replaced; returns (new data, rows removed). ``must_be_new``: a key already in
-    the file raises SpliceError (rows within a group are ordered by what the file does not show)."""
-    edits, removed = _edits(data, groups, must_be_new)
+    remove them) replaced; returns (new data, rows removed)."""
+    edits, removed = _edits(data, groups)
     pieces, at = [], 0
     for start, end, text in edits:
         pieces += (data[at:start], text)
@@ -93,7 +102,7 @@ def splice(data: bytes, groups: dict, must_be_new=False) -> tuple:
     return b"".join(pieces), removed
 
 
-def splice_file(path, groups: dict, must_be_new=False) -> int:
+def splice_file(path, groups: dict) -> int:
     """splice() a file in place (atomically, no fsync); returns the rows removed. The unchanged
     stretches are copied by the kernel (copy_file_range), not through Python."""
     with open(path, "rb") as src:
@@ -101,7 +110,7 @@ def splice_file(path, groups: dict, must_be_new=False) -> int:
         if not size:
             raise SpliceError(f"{path} is empty")
         with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            edits, removed = _edits(data, groups, must_be_new)
+            edits, removed = _edits(data, groups)
 
         def write(fh):
             out, at = fh.fileno(), 0

@@ -79,7 +79,8 @@ class ReplayStats:
 class _Gen:
     """Latest known state of one generation while folding."""
     __slots__ = ("stage", "status_key", "status", "lineage", "done_key", "done", "reused_ts",
-                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "ids")
+                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "ids",
+                 "call_keys")
 
     def __init__(self, stage):
         self.stage = stage
@@ -88,6 +89,7 @@ class _Gen:
         self.cohorts = set()
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
         self.ids = []   # event_ids folded: an incremental replay meeting one again replays in full
+        self.call_keys = []   # (ts, event_id) of its llm_calls rows: orders calls at one ts
 
 
 class Fold:
@@ -144,6 +146,7 @@ class Fold:
                     if g.origin_key is None or key < g.origin_key:
                         g.origin_key, g.origin = key, cohort_id
                     if not get("copy") and get("source", "run") == "run":
+                        g.call_keys.append((ev["ts"], ev["event_id"]))
                         calls.append((ev["ts"], ev["event_id"], (
                             ev["ts"], get("stage"), gen_id, get("llm_model_id"),
                             get("attempts"), "ok", None, None, None, get("prompt_tokens"),
@@ -157,6 +160,7 @@ class Fold:
                     g.parse = ((get("score"), get("scale"), get("parser"))
                                if etype == "score_parsed" else None)
             elif etype == "llm_call_failed":
+                g.call_keys.append((ev["ts"], ev["event_id"]))
                 calls.append((ev["ts"], ev["event_id"], (
                     ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
                     "failed", get("status"), get("error_class"), _bool(get("will_retry")),

@@ -10,7 +10,7 @@ scores of one essay's evaluations, so each essay whose scores change has its piv
 again from its evaluations. The rows go into the sorted CSVs in place (pipeline.csv_splice), and
 the model x template means keep exact partial sums (the same math.fsum as a full replay).
 Anything this cannot reproduce byte for byte - a duplicated event, a table changed by someone
-else, an evaluation without an essay getting a score, two calls at one timestamp, a -0.0 or
+else, an evaluation without an essay getting a score, a -0.0 or
 non-finite score - returns None and the caller replays in full.
 """
 import csv
@@ -22,7 +22,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from . import fold_state
-from .csv_splice import SpliceError, splice, splice_file
+from .csv_splice import SpliceError, groups_in_file, splice, splice_file
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
 from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _SCORE_AT, _lineage, _listing, _member,
@@ -32,6 +32,7 @@ from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _SCORE_AT, _l
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
 _VALUES = attrgetter(*_Gen.__slots__)
 _IDS_AT = _Gen.__slots__.index("ids")
+_CALL_KEYS_AT = _Gen.__slots__.index("call_keys")
 
 
 class _GiveUp(Exception):
@@ -157,13 +158,7 @@ class _Update:
                                        - sum(k in old_rows for k in changed))
         self.pivots(before[2], delta["scores_long"], meta, edits)
         if self.calls:
-            by_ts = {}
-            for ts, _, row in sorted(self.calls):
-                if type(ts) is not str:
-                    raise _GiveUp("a call without a text ts")
-                by_ts.setdefault(ts, []).append(row)
-            edits["llm_calls"] = _splicer({ts: _csv_bytes(r) for ts, r in by_ts.items()}, len(self.calls),
-                                          must_be_new=True)
+            edits["llm_calls"] = self.calls_edit
         rows, rewritten = dict(meta["rows"]), False
         for name, edit in edits.items():
             # no fsync, as in a full replay; the state, committed after, records the new files
@@ -182,6 +177,26 @@ class _Update:
         stats.rows = {name: rows[name] for name in TABLES}
         stats.delta, stats.version_after = delta, meta["version"]
 
+    def calls_edit(self, path) -> int:
+        """Splice the new calls into llm_calls.csv, ordered by (ts, event_id): at a ts that has
+        rows already, their event_ids come from their generations' records."""
+        by_ts = {}
+        for ts, event_id, row in self.calls:
+            if type(ts) is not str:
+                raise _GiveUp("a call without a text ts")
+            by_ts.setdefault(ts, []).append((event_id, _csv_bytes([row])))
+        for ts, text in groups_in_file(path, by_ts).items():
+            rows = list(csv.reader(io.StringIO(text.decode("utf-8"), newline="")))
+            gen_ids = {row[2] for row in rows}
+            self.load(gen_ids)
+            event_ids = sorted(event_id for gen_id in gen_ids if (r := self.old[gen_id]) and r[0]
+                               for at, event_id in r[0][_CALL_KEYS_AT] if at == ts)
+            if len(event_ids) != len(rows):
+                raise _GiveUp(f"calls at {ts} that the records do not account for")
+            by_ts[ts] += zip(event_ids, (_csv_bytes([row]) for row in rows))
+        splice_file(path, {ts: b"".join(text for _, text in sorted(calls)) for ts, calls in by_ts.items()})
+        return len(self.calls)
+
     def fold(self, pairs) -> set:
         """Fold ``pairs`` into the records of the generations and cohorts they name; return the
         gen_ids whose records changed."""
@@ -198,7 +213,7 @@ class _Update:
         fold = Fold()
         fold.gens = {g: _gen_from(r[0]) for g in gen_ids if (r := self.old[g]) is not None and r[0] is not None}
         for g in fold.gens.values():   # Fold.add changes these in place; the old records must stay
-            g.cohorts, g.ids = set(g.cohorts), list(g.ids)
+            g.cohorts, g.ids, g.call_keys = set(g.cohorts), list(g.ids), list(g.call_keys)
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls
@@ -278,9 +293,9 @@ class _Update:
         edits["generation_scores_pivot"] = edit
 
 
-def _splicer(groups, added, must_be_new=False):
+def _splicer(groups, added):
     def edit(path):
-        splice_file(path, groups, must_be_new)
+        splice_file(path, groups)
         return added
     return edit
 

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from pipeline.csv_splice import SpliceError, splice
+from pipeline.csv_splice import SpliceError, groups_in_file, splice, splice_file
 from pipeline.replay import PIVOT_INDEX, to_csv
 from pipeline.replay_delta import _recolumn
 
@@ -34,13 +34,15 @@ def test_splice_equals_a_rewrite_with_quoted_newlines_and_commas_in_other_fields
         assert removed == sum(len(table.get(k, [])) for k in changes)
 
 
-def test_splice_refuses_an_existing_group_that_must_be_new_and_a_key_csv_would_quote():
-    data = csv_bytes([["k1", "a", "b"]])
-    with pytest.raises(SpliceError):
-        splice(data, {"k1": b"k1,c,d\n"}, must_be_new=True)
+def test_splice_refuses_a_key_csv_would_quote_and_finds_groups_in_a_file(tmp_path):
+    data = csv_bytes([["k1", "a", "b"], ["k2", "a\nb", "c"], ["k2", "d", "e"]])
     with pytest.raises(SpliceError):
         splice(data, {"k,2": b'"k,2",c,d\n'})
-    assert splice(data, {"k0": b"k0,c,d\n"}, must_be_new=True)[0] == csv_bytes([["k0", "c", "d"], ["k1", "a", "b"]])
+    path = tmp_path / "t.csv"
+    path.write_bytes(data)
+    assert groups_in_file(path, ["k0", "k2"]) == {"k2": b'k2,"a\nb",c\nk2,d,e\n'}
+    assert splice_file(path, {"k0": b"k0,c,d\n", "k1": b""}) == 1
+    assert path.read_bytes() == csv_bytes([["k0", "c", "d"], ["k2", "a\nb", "c"], ["k2", "d", "e"]])
 
 
 @pytest.mark.parametrize("quoted", [False, True])

@@ -23,19 +23,6 @@ def outputs(data_root, tables_dir) -> dict:
     return files
 
 
-def generate_later(events, n_events, writers, seed, day):
-    """bench.replay_bench.generate's events moved to a later day, appended to the same segments
-    (its timeline restarts at 2025-01-01: calls at one timestamp would mean a full replay)."""
-    scratch = events.parent / f"scratch-{seed}"
-    generate(scratch, n_events, writers=writers, seed=seed)
-    for path in sorted(scratch.rglob("*.jsonl")):
-        target = events / path.relative_to(scratch)
-        text = path.read_text().replace('"ts":"2025-01-01T', f'"ts":"2025-01-{day:02d}T')
-        with open(target, "a") as fh:
-            fh.write(text)
-    shutil.rmtree(scratch)
-
-
 def full_replay(tmp_path, events_dir, name):
     root = tmp_path / name
     stats = replay(events_dir, root / "tables", full=True)
@@ -55,8 +42,9 @@ def test_incremental_replay_after_appends_equals_a_full_replay_byte_for_byte(tmp
     first, _ = incremental(data, events)
     assert not first.incremental and (data / "tables" / STATE_FILE).exists()
 
-    # appends to the same segments: the same generations run again (later ts), new scores
-    generate_later(events, 1500, writers=3, seed=2, day=2)
+    # appends to the same segments: the same generations run again (the same timeline: calls at
+    # timestamps that have calls already), new scores
+    generate(events, 1500, writers=3, seed=2)
     stats, tables = incremental(data, events)
     assert stats.incremental and 0 < stats.read.events < 2 * first.read.events
     assert tables == full_replay(tmp_path, events, "full1")
@@ -206,3 +194,14 @@ def test_each_kind_of_change_replays_incrementally_to_the_full_replays_bytes(tmp
     stats, tables = incremental(data, events)
     assert stats.incremental and tables == full_replay(tmp_path, events, "calls")
     assert (data / "tables" / "llm_calls.csv").read_text().split("\n")[1].startswith(old_ts)
+
+    # calls at a timestamp that has a call already: ordered by event_id around it
+    taken = (data / "tables" / "llm_calls.csv").read_text().split("\n")[5].split(",")[0]
+    with open(events / "2025-01-01" / "late.jsonl", "a") as fh:
+        for event_id in ("0" * 32, "f" * 32):
+            fh.write(json.dumps({"event_id": event_id, "schema": 1, "ts": taken, "type": "llm_call_failed",
+                                 "cohort_id": "late", "stage": "draft", "gen_id": "d_000000000004",
+                                 "attempt": 1, "status": 500, "error_class": "E", "will_retry": False}) + "\n")
+    stats, tables = incremental(data, events)
+    assert stats.incremental and tables == full_replay(tmp_path, events, "same-ts")
+    assert (data / "tables" / "llm_calls.csv").read_text().count(f"\n{taken},") == 3
