@@ -44,10 +44,16 @@ class _Rows:
         newline = data.find(b"\n", s)
         return data[s:end if 0 <= end < newline else newline]
 
-    def first_at_or_after(self, key: bytes) -> int:
-        """The start of the first row whose key is >= ``key``."""
-        lo, hi, end = self.body, len(self.data), len(self.data)
-        while lo < hi:
+    def first_at_or_after(self, key: bytes, lo: int) -> int:
+        """The start of the first row from row start ``lo`` on whose key is >= ``key``."""
+        end, step = len(self.data), 256
+        while True:   # gallop from lo: keys spliced in one go are sorted, often close together
+            hi = min(lo + step, end)
+            s = self.start_at(hi)
+            if s >= end or self.key(s) >= key:
+                break
+            lo, step = self.start_at(s + 1), step * 2
+        while lo < hi:   # the answer is a row start in [lo, hi), or the first one from hi
             mid = (lo + hi) // 2
             s = self.start_at(mid)
             if s < end and self.key(s) < key:
@@ -56,9 +62,10 @@ class _Rows:
                 hi = mid
         return self.start_at(lo)
 
-    def group(self, key: bytes) -> tuple:
-        """(start, end, rows) of the rows keyed ``key``; start == end where it would go."""
-        start = end = self.first_at_or_after(key)
+    def group(self, key: bytes, lo: int) -> tuple:
+        """(start, end, rows) of the rows keyed ``key``, searched from row start ``lo`` on;
+        start == end where they would go."""
+        start = end = self.first_at_or_after(key, lo)
         rows = 0
         while end < len(self.data) and self.key(end) == key:
             end, rows = self.start_at(end + 1), rows + 1
@@ -70,21 +77,22 @@ def groups_in_file(path, keys) -> dict:
     found = {}
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
         rows = _Rows(data)
-        for key in keys:
-            start, end, n = rows.group(key.encode("utf-8"))
+        at = rows.body
+        for key in sorted(keys):
+            start, at, n = rows.group(key.encode("utf-8"), at)
             if n:
-                found[key] = data[start:end]
+                found[key] = data[start:at]
     return found
 
 
 def _edits(data, groups) -> tuple:
     """([(start, end, new bytes)] in file order, rows removed) for ``groups`` in ``data``."""
     rows = _Rows(data)
-    edits, removed = [], 0
+    edits, removed, end = [], 0, rows.body
     for key in sorted(groups):
         if _NEEDS_QUOTES.search(key):
             raise SpliceError(f"key {key!r} would be quoted")
-        start, end, n = rows.group(key.encode("utf-8"))
+        start, end, n = rows.group(key.encode("utf-8"), end)
         edits.append((start, end, groups[key]))
         removed += n
     return edits, removed

@@ -99,7 +99,8 @@ class FoldState:
 
     def set_record(self, gen_id, record) -> None:
         n = self._shard_of(gen_id)
-        self._load((n,))
+        if n not in self.shards:
+            self._load((n,))
         if record is None:
             self.shards[n][0].pop(gen_id, None)
         else:

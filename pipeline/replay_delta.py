@@ -17,6 +17,7 @@ import csv
 import io
 import math
 import uuid
+from collections import namedtuple
 from itertools import repeat
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -33,6 +34,9 @@ _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
 _VALUES = attrgetter(*_Gen.__slots__)
 _IDS_AT = _Gen.__slots__.index("ids")
 _CALL_KEYS_AT = _Gen.__slots__.index("call_keys")
+# a record's values, read-only, as the row functions read a _Gen
+_Frozen = namedtuple("_Frozen", _Gen.__slots__)
+_PENDING = _Frozen._make(_VALUES(_Gen(None)))   # listed by a cohort, no events
 
 
 class _GiveUp(Exception):
@@ -81,7 +85,7 @@ class _View:
     def __init__(self, records):
         self.gens, self.members = {}, {}
         for gen_id, (values, listing) in records.items():
-            self.gens[gen_id] = _Gen(None) if values is None else _gen_from(values)
+            self.gens[gen_id] = _PENDING if values is None else _Frozen._make(values)
             if listing:
                 self.members[gen_id] = _member(listing)
         self.lineage = {gen_id: _lineage(g, self.members.get(gen_id)) for gen_id, g in self.gens.items()}
@@ -141,7 +145,9 @@ class _Update:
             below = set().union(*state.children(level).values()) - affected
             affected |= below
             level = below
-        before, after = self.view(affected, new=False).rows(affected), self.view(affected, new=True).rows(affected)
+        if affected != touched:
+            old_view, new_view = self.view(affected, new=False), self.view(affected, new=True)
+        before, after = old_view.rows(affected), new_view.rows(affected)
 
         delta = {}
         for name, old_rows, new_rows in zip(_ROW_TABLES, before, after):
