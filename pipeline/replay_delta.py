@@ -10,11 +10,12 @@ scores of one essay's evaluations, so each essay whose scores change has its piv
 again from its evaluations. The rows go into the sorted CSVs in place (pipeline.csv_splice), and
 the model x template means keep exact partial sums (the same math.fsum as a full replay).
 Anything this cannot reproduce byte for byte - a duplicated event, a table changed by someone
-else, an evaluation without an essay getting a score, a -0.0 or
-non-finite score - returns None and the caller replays in full.
+else, an evaluation without an essay getting a score, a -0.0 score - returns None and the caller
+replays in full.
 """
 import csv
 import io
+import logging
 import math
 import uuid
 from collections import namedtuple
@@ -31,6 +32,7 @@ from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _SCORE_AT, _l
                      _rows, table_files, to_csv)
 
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
+log = logging.getLogger(__name__)
 _VALUES = attrgetter(*_Gen.__slots__)
 _IDS_AT = _Gen.__slots__.index("ids")
 _CALL_KEYS_AT = _Gen.__slots__.index("call_keys")
@@ -40,7 +42,7 @@ _PENDING = _Frozen._make(_VALUES(_Gen(None)))   # listed by a cohort, no events
 
 
 class _GiveUp(Exception):
-    pass
+    """Only a full replay gives the right tables."""
 
 
 class _Pairs(list):
@@ -52,7 +54,8 @@ class _Pairs(list):
 
 def update(state, tables_dir: Path, skip_bad) -> ReplayStats:
     """Fold what was appended since ``state`` was saved, update the tables and commit the state;
-    None when only a full replay gives the right tables (nothing is written then)."""
+    None when only a full replay gives the right tables (the caller runs one at once: tables
+    this left half-updated differ from what the uncommitted state records, so nothing trusts them)."""
     stats = ReplayStats(read=ReadStats(), tables_dir=tables_dir, incremental=True,
                         version_before=state.meta["version"])
     pairs = _Pairs()
@@ -60,12 +63,12 @@ def update(state, tables_dir: Path, skip_bad) -> ReplayStats:
         if not fold_state.read_new(state, pairs, stats.read, skip_bad):
             return None
         if table_files(tables_dir) != state.meta["files"]:
-            fold_state.log.info("%s: tables changed since the last replay; replaying the whole log", tables_dir)
+            log.info("%s: tables changed since the last replay; replaying the whole log", tables_dir)
             return None
         stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
         _Update(state, tables_dir, stats).run(pairs)
     except (_GiveUp, SpliceError, fold_state.StateError) as exc:
-        fold_state.log.info("incremental replay gave up (%s); replaying the whole log", exc)
+        log.info("incremental replay gave up (%s); replaying the whole log", exc)
         return None
     except FileNotFoundError:   # a table vanished under us
         return None
