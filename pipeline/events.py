@@ -40,8 +40,8 @@ _ENVELOPE = ("event_id", "schema", "ts", "type")
 
 @dataclass(frozen=True)
 class _Check:
-    """A field's allowed values: ``ok`` is a Python expression over ``v``, true when v is right
-    (and false for None, which PAYLOADS' required flag handles)."""
+    """A field's allowed values: ``ok`` is a Python expression over ``v`` (never None: whether a
+    field may be null or absent is PAYLOADS' required flag), true when v is right."""
     ok: str
     expected: str
 
@@ -183,9 +183,9 @@ def _compile(etype, payload):
         if required:
             check.append(f"    if v is None: return {name!r}")
         check.append(f"    if v is not None and not ({kind.ok}): return {name!r}")
-        # walrus first: v is bound before the check's expression reads it
-        valid.append(f"        and ((v := get({name!r})) is not None and ({kind.ok})"
-                     + ("" if required else " or v is None") + ")")
+        # v is bound (walrus) before the check's expression reads it
+        valid.append(f"        and ((v := get({name!r})) is not None and ({kind.ok}))" if required else
+                     f"        and ((v := get({name!r})) is None or ({kind.ok}))")
     check.append("    return None")
     valid[-1] += ")"
     namespace = {"isfinite": math.isfinite, "chain": itertools.chain, "NoneType": type(None),
