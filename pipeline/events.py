@@ -11,6 +11,7 @@ and need no lock; replay (pipeline.replay) folds all segments into result tables
 
 Layout: ``<events_dir>/<YYYY-MM-DD>/<host>-<pid>-<start_ts_compact>-<random4>.jsonl``.
 """
+import itertools
 import json
 import logging
 import math
@@ -39,23 +40,25 @@ _ENVELOPE = ("event_id", "schema", "ts", "type")
 
 @dataclass(frozen=True)
 class _Check:
-    """A field's allowed values: ``bad`` is a Python expression over ``v``, true when v is wrong."""
-    bad: str
+    """A field's allowed values: ``ok`` is a Python expression over ``v`` (never None: whether a
+    field may be null or absent is PAYLOADS' required flag), true when v is right."""
+    ok: str
     expected: str
 
 
-TEXT = _Check("type(v) is not str", "a string")
-INT = _Check("type(v) is not int", "an integer")
+TEXT = _Check("type(v) is str", "a string")
+INT = _Check("type(v) is int", "an integer")
 # replicates: 2, or "2" from a CSV
-INT_LIKE = _Check("not (type(v) is int or (type(v) is str and v.strip().isdigit()))", "an integer")
+INT_LIKE = _Check("type(v) is int or (type(v) is str and v.strip().isdigit())", "an integer")
 # finite: NaN or Infinity would enter the tables as if they were numbers
-NUMBER = _Check("not (type(v) is int or (type(v) is float and isfinite(v)))", "a finite number")
-FLAG = _Check("type(v) is not bool", "true or false")
-COUNTS = _Check("type(v) is not dict or not all(type(n) is int for n in v.values())",
-                "an object of integer counts")
-TEXTS = _Check("type(v) is not list or not all(type(x) is str for x in v)", "a list of strings")
-ROWS = _Check("type(v) is not list or not all(type(r) is list and all(x is None or type(x) in (str, int, float)"
-              " for x in r) for r in v)", "a list of lists of values")
+NUMBER = _Check("type(v) is float and isfinite(v) or type(v) is int", "a finite number")
+FLAG = _Check("type(v) is bool", "true or false")
+# containers are checked by the set of their items' types: one C-level pass, no Python loop
+COUNTS = _Check("type(v) is dict and set(map(type, v.values())) <= {int}", "an object of integer counts")
+TEXTS = _Check("type(v) is list and set(map(type, v)) <= {str}", "a list of strings")
+ROWS = _Check("type(v) is list and set(map(type, v)) <= {list}"
+              " and set(map(type, chain.from_iterable(v))) <= {NoneType, str, int, float}",
+              "a list of lists of values")
 GEN_ID = TEXT
 
 
@@ -167,22 +170,34 @@ PAYLOADS = {etype: {f.name: (f.type, f.default is MISSING) for f in dataclass_fi
             for etype, cls in EVENTS.items()}
 
 
-def _compile_checker(etype, payload):
-    """A function ``check(event) -> None or the first bad field``, written out for this type:
-    replay runs it once per event, so it does no loops over the schema and builds no objects."""
-    lines = ["def check(event):", "    get = event.get"]
-    for name, (check, required) in payload.items():
-        lines.append(f"    v = get({name!r})")
+def _compile(etype, payload):
+    """Two functions written out for this type, so checking an event runs no loop over the schema
+    and builds no objects: ``check(event)``, None or the first bad field (emit, and replay's
+    error messages); and ``valid(event)``, true when the event, envelope included, is fine to fold
+    (replay's fast path, once per event)."""
+    check = ["def check(event):", "    get = event.get"]
+    valid = ["def valid(event):", "    get = event.get", "    return (type(get('event_id')) is str",
+             "        and type(get('ts')) is str and type(v := get('schema')) is int and v <= SCHEMA_VERSION"]
+    for name, (kind, required) in payload.items():
+        check.append(f"    v = get({name!r})")
         if required:
-            lines.append(f"    if v is None: return {name!r}")
-        lines.append(f"    if v is not None and ({check.bad}): return {name!r}")
-    lines.append("    return None")
-    namespace = {"isfinite": math.isfinite}
-    exec(compile("\n".join(lines), f"<{etype} checker>", "exec"), namespace)
-    return namespace["check"]
+            check.append(f"    if v is None: return {name!r}")
+        check.append(f"    if v is not None and not ({kind.ok}): return {name!r}")
+        # v is bound (walrus) before the check's expression reads it
+        valid.append(f"        and ((v := get({name!r})) is not None and ({kind.ok}))" if required else
+                     f"        and ((v := get({name!r})) is None or ({kind.ok}))")
+    check.append("    return None")
+    valid[-1] += ")"
+    namespace = {"isfinite": math.isfinite, "chain": itertools.chain, "NoneType": type(None),
+                 "SCHEMA_VERSION": SCHEMA_VERSION}
+    for lines in (check, valid):
+        exec(compile("\n".join(lines), f"<{etype} checker>", "exec"), namespace)
+    return namespace["check"], namespace["valid"]
 
 
-_CHECKERS = {etype: _compile_checker(etype, payload) for etype, payload in PAYLOADS.items()}
+_COMPILED = {etype: _compile(etype, payload) for etype, payload in PAYLOADS.items()}
+_CHECKERS = {etype: check for etype, (check, _) in _COMPILED.items()}
+_VALID = {etype: valid for etype, (_, valid) in _COMPILED.items()}
 _ALLOWED = {etype: frozenset(payload) for etype, payload in PAYLOADS.items()}
 
 
@@ -409,23 +424,19 @@ def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
         last -= 1
     stats.lines += last - lines[:last].count("")
     last_no = last + first_line - 1
-    scan, checkers, add = _scan_once, _CHECKERS, seen.add
+    scan, valid, add = _scan_once, _VALID, seen.add
     kept = duplicates = 0
     try:
         for line_no, line in enumerate(lines, first_line):
             if not line:
                 continue
             # The fast path, once per event: a compact line of a known type, every check passing.
-            # Anything else goes to _check_line, which finds what is wrong and says where.
+            # Anything else (a non-object raises TypeError, an unknown type KeyError) goes to
+            # _check_line, which finds what is wrong and says where.
             try:
                 event, end = scan(line, 0)
-                get = event.get
-                schema, etype = get("schema"), get("type")
-                check = checkers.get(etype)
-                fast = (end == len(line) and check is not None and type(get("event_id")) is str
-                        and type(get("ts")) is str and type(schema) is int and schema <= SCHEMA_VERSION
-                        and type(get("gen_id")) is str and check(event) is None)
-            except (StopIteration, ValueError, TypeError, AttributeError):
+                fast = end == len(line) and valid[event["type"]](event)
+            except (StopIteration, ValueError, TypeError, KeyError):
                 fast = False
             if not fast:
                 event = _check_line(path, line_no, line, line_no == last_no, stats, skip_bad)
@@ -437,7 +448,7 @@ def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
                 continue
             add(event_id)
             kept += 1
-            if not fast and event["type"] not in checkers:  # kept and counted, never folded
+            if not fast and event["type"] not in valid:  # kept and counted, never folded
                 stats.unknown_types[event["type"]] = stats.unknown_types.get(event["type"], 0) + 1
             yield (event["ts"], segment, line_no), event
     finally:

@@ -190,6 +190,30 @@ def test_malformed_middle_line_names_file_and_line_unless_skip_bad(tmp_path):
     assert [b.split(": ")[0] for b in result.stats.bad] == [f"{path}:2", f"{path}:4"]
 
 
+# one value of each shape a JSON line can give a field
+SHAPES = [None, "x", " 3", "", 2, 2.5, float("nan"), float("inf"), True, [], ["a"], [1], [["a", 1, None, 2.5]],
+          [["a", True]], [["a"], "b"], {"a": 1}, {"a": 1.5}]
+
+
+@pytest.mark.parametrize("etype", sorted(events_mod.PAYLOADS))
+def test_replays_fast_check_accepts_exactly_what_the_field_checks_accept(etype):
+    # replay folds what valid() accepts without asking the per-field checker that names problems
+    valid, check = events_mod._VALID[etype], events_mod._CHECKERS[etype]
+    base = {"event_id": "e1", "schema": SCHEMA_VERSION, "ts": "2025", "type": etype}
+    for name, (_, required) in events_mod.PAYLOADS[etype].items():
+        if required:  # the first shape its check takes
+            base[name] = next(v for v in SHAPES[1:] if check(dict(base, **{name: v})) != name)
+    assert valid(base) and check(base) is None
+    for name in events_mod.PAYLOADS[etype]:
+        for value in SHAPES + ["absent"]:
+            event = dict(base, **{name: value})
+            if value == "absent":
+                del event[name]
+            assert valid(event) == (check(event) is None), (name, value, check(event))
+    for envelope in ({"schema": SCHEMA_VERSION + 1}, {"schema": True}, {"ts": None}, {"event_id": 5}):
+        assert not valid(dict(base, **envelope)), envelope
+
+
 def test_future_schema_asks_for_an_upgrade(tmp_path):
     path = write_segment(tmp_path, "a.jsonl", line() + line(schema=SCHEMA_VERSION + 1) + line())
     for skip_bad in (False, True):
