@@ -21,6 +21,7 @@ session, and prints the ratio. ``main(argv)`` returns the numbers as a dict for 
 """
 import argparse
 import math
+import resource
 import shutil
 import statistics
 import sys
@@ -77,6 +78,12 @@ def generation_window(events_dir: Path) -> tuple:
     return max(done) - min(started), len(done)
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: luigi, its task processes, luigid."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 class Code:
     """Whose code a run uses: this checkout, or another one (its PYTHONPATH and luigi.cfg)."""
 
@@ -97,7 +104,7 @@ def run_one(folder: Path, stub: StubProcess, code: Code, scheduler: str, workers
             max_concurrent: int) -> dict:
     project = code.project(folder)
     write_spec(project, COHORT, SPEC)
-    before = len(stub.statuses())
+    before, cpu_before = len(stub.statuses()), _children_cpu()
     run = dict(workers=workers, base_url=stub.base_url, env=code.env())
     if scheduler == "local":
         wall = timed_luigi(project, "RunCohort", "--cohort-id", COHORT, **run)
@@ -105,13 +112,13 @@ def run_one(folder: Path, stub: StubProcess, code: Code, scheduler: str, workers
         config = {"LUIGI_CONFIG_PATH": str(project.root / "luigi.cfg")}
         with luigid(folder / "luigid", env=command_env(code.env(config))) as (url, *_):
             wall = timed_luigi(project, "RunCohort", "--cohort-id", COHORT, scheduler_url=url, **run)
-    statuses = stub.statuses()[before:]
+    statuses, cpu = stub.statuses()[before:], _children_cpu() - cpu_before
     window, completed = generation_window(project.data_root / "events")
     limit = dependency_aware_limit(STAGE_CALLS, min(workers, max_concurrent, POOL), latency)
     return {"code": code.name, "scheduler": scheduler, "workers": workers, "generations": completed,
             "answered": statuses.count("200"), "rate_limited": statuses.count("429"), "wall_s": round(wall, 2),
             "window_s": round(window, 3), "limit_s": round(limit, 2),
-            "share": round(limit / window, 3) if window else 0.0}
+            "share": round(limit / window, 3) if window else 0.0, "cpu_s": round(cpu, 2)}
 
 
 def summarize(runs: list, codes: list, workers: list) -> dict:
@@ -159,12 +166,12 @@ def main(argv=None) -> dict:
           f"[resources] llm_paid = {POOL}, {LLM_GENERATIONS} LLM generations per run "
           f"({' -> '.join(f'{n} {s}s' for s, n in STAGE_CALLS.items())})")
     head = (f"{'code':8} {'scheduler':9} {'workers':>7} {'gens':>5} {'429s':>5} {'wall s':>7} {'window s':>8} "
-            f"{'limit s':>7} {'share':>6}")
+            f"{'limit s':>7} {'share':>6} {'CPU s':>6}")
     print(head)
     print("-" * len(head))
     for r in runs:
         print(f"{r['code']:8} {r['scheduler']:9} {r['workers']:7d} {r['generations']:5d} {r['rate_limited']:5d} "
-              f"{r['wall_s']:7.1f} {r['window_s']:8.2f} {r['limit_s']:7.2f} {r['share']:6.1%}")
+              f"{r['wall_s']:7.1f} {r['window_s']:8.2f} {r['limit_s']:7.2f} {r['share']:6.1%} {r['cpu_s']:6.1f}")
     shares = summarize(runs, codes, workers)
     for scheduler in SCHEDULERS:
         for w in workers:
@@ -175,7 +182,8 @@ def main(argv=None) -> dict:
             print(line)
     print("limit = sum over stages of ceil(calls / min(workers, max_concurrent, llm_paid)) x latency;\n"
           "share = limit / generation window (first generation_started to last generation_completed).\n"
-          "Wall time also includes luigi start-up, BuildCohort and the reports.")
+          "Wall time also includes luigi start-up, BuildCohort and the reports; CPU s is that of every process\n"
+          "of the run (luigi, its task processes, the luigid), less sensitive to a loaded machine than the share.")
     ok = all(r["generations"] == LLM_GENERATIONS and r["answered"] == LLM_GENERATIONS for r in runs)
     if not ok:
         print("WRONG: some run did not answer exactly one request per LLM generation")
