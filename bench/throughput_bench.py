@@ -17,7 +17,10 @@ sum over stages of ceil(calls in the stage / slots) x latency, with slots = min(
 llm_paid). The bench prints it beside the generation window (first generation_started to last
 generation_completed in the event log) and the share reached (limit / window). ``--baseline DIR``
 runs another checkout's code (its PYTHONPATH and luigi.cfg) alternately with this one, in the same
-session, and prints the ratio. ``main(argv)`` returns the numbers as a dict for bench/run_all.py.
+session, and prints the ratio. Each kind of run is repeated (``--repeat``, 1 with ``--quick``) and the
+medians are reported, with the CPU seconds of each run's processes (luigi, its task processes, the
+luigid), which a loaded machine disturbs less than the share. ``main(argv)`` returns the numbers as a
+dict for bench/run_all.py.
 """
 import argparse
 import math
@@ -121,10 +124,10 @@ def run_one(folder: Path, stub: StubProcess, code: Code, scheduler: str, workers
             "share": round(limit / window, 3) if window else 0.0, "cpu_s": round(cpu, 2)}
 
 
-def summarize(runs: list, codes: list, workers: list) -> dict:
-    """{code: {scheduler: {W: median share}}} over the repetitions."""
-    return {c.name: {s: {w: round(statistics.median(r["share"] for r in runs if (r["code"], r["scheduler"],
-                                                     r["workers"]) == (c.name, s, w)), 3) for w in workers}
+def summarize(runs: list, codes: list, workers: list, key: str) -> dict:
+    """{code: {scheduler: {W: median of ``key``}}} over the repetitions."""
+    return {c.name: {s: {w: round(statistics.median(r[key] for r in runs if (r["code"], r["scheduler"],
+                                                    r["workers"]) == (c.name, s, w)), 3) for w in workers}
                      for s in SCHEDULERS} for c in codes}
 
 
@@ -172,14 +175,16 @@ def main(argv=None) -> dict:
     for r in runs:
         print(f"{r['code']:8} {r['scheduler']:9} {r['workers']:7d} {r['generations']:5d} {r['rate_limited']:5d} "
               f"{r['wall_s']:7.1f} {r['window_s']:8.2f} {r['limit_s']:7.2f} {r['share']:6.1%} {r['cpu_s']:6.1f}")
-    shares = summarize(runs, codes, workers)
+    shares, cpu = summarize(runs, codes, workers, "share"), summarize(runs, codes, workers, "cpu_s")
     for scheduler in SCHEDULERS:
         for w in workers:
-            line = f"median share, {scheduler}, --workers {w}: " + ", ".join(
-                f"{c.name} {shares[c.name][scheduler][w]:.1%}" for c in codes)
-            if args.baseline:
-                line += f" (this / baseline = {shares['this'][scheduler][w] / shares['baseline'][scheduler][w]:.3f})"
-            print(line)
+            for name, medians, show in (("share", shares, "{:.1%}"), ("CPU s", cpu, "{:.2f}")):
+                line = f"median {name}, {scheduler}, --workers {w}: " + ", ".join(
+                    f"{c.name} {show.format(medians[c.name][scheduler][w])}" for c in codes)
+                if args.baseline:
+                    ratio = medians["this"][scheduler][w] / medians["baseline"][scheduler][w]
+                    line += f" (this / baseline = {ratio:.3f})"
+                print(line)
     print("limit = sum over stages of ceil(calls / min(workers, max_concurrent, llm_paid)) x latency;\n"
           "share = limit / generation window (first generation_started to last generation_completed).\n"
           "Wall time also includes luigi start-up, BuildCohort and the reports; CPU s is that of every process\n"
@@ -188,7 +193,7 @@ def main(argv=None) -> dict:
     if not ok:
         print("WRONG: some run did not answer exactly one request per LLM generation")
     return {"latency_s": args.latency, "max_concurrent": args.max_concurrent, "pool": POOL,
-            "llm_generations": LLM_GENERATIONS, "median_share": shares, "ok": ok}
+            "llm_generations": LLM_GENERATIONS, "median_share": shares, "median_cpu_s": cpu, "ok": ok}
 
 
 if __name__ == "__main__":
