@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BENCHES = {
     "replay": ("bench.replay_bench", ["--events", "20000"], []),
     "scale": ("bench.scale_bench", ["--sizes", "1k", "--no-naive"], []),
-    "throughput": ("bench.throughput_bench", ["--workers", "1,8"], []),
+    "throughput": ("bench.throughput_bench", ["--quick"], []),
     "history": ("bench.history_bench", ["--quick"], []),
     "jsonl": ("bench.jsonl_bench", ["--events", "20000"], []),
     "progress": ("bench.progress_bench", ["--runs", "1"], []),

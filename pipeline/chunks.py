@@ -20,11 +20,14 @@ import multiprocessing
 import time
 from dataclasses import dataclass, field
 
+import jinja2
 import luigi
 import luigi.configuration
 import luigi.execution_summary
 import luigi.interface
 import luigi.rpc
+import luigi.scheduler
+import luigi.worker
 
 from . import claims, lifeline, runlog, store
 from .stages import PARENT
@@ -114,11 +117,27 @@ def _spawned(plan):
     run(plan)
 
 
+class _Schedulers:
+    """luigi.build's ``worker_scheduler_factory``: luigi's own, except that a chunk's local scheduler
+    does not prune its task graph on every request for work (luigi's does, a walk over every task
+    each time a task starts). A chunk's build is short-lived and its one worker is this process."""
+
+    def create_local_scheduler(self):
+        return luigi.scheduler.Scheduler(prune_on_get_work=False, record_task_history=False)
+
+    def create_remote_scheduler(self, url):
+        return luigi.rpc.RemoteScheduler(url)
+
+    def create_worker(self, scheduler, worker_processes, assistant=False):
+        return luigi.worker.Worker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
+
+
 def _build(tasks, plan) -> bool:
     """Run one chunk; True if the scheduler held tasks back (a luigid whose pools other processes'
     tasks fill): those are scheduled again on the next pass."""
     scheduler = {"local_scheduler": True} if plan.scheduler is None else {"scheduler_url": plan.scheduler}
-    result = luigi.build(tasks, workers=plan.workers, detailed_summary=True, **scheduler)
+    result = luigi.build(tasks, workers=plan.workers, detailed_summary=True, worker_scheduler_factory=_Schedulers(),
+                         **scheduler)
     if not result.scheduling_succeeded:
         log.info("some generations of this chunk did not finish; see the log above")
     return result.status == luigi.execution_summary.LuigiStatusCode.NOT_RUN
@@ -159,14 +178,26 @@ def settle_blocked(paths, rows, run_id):
     return left
 
 
+def compile_templates(catalog, rows):
+    """Compile here the templates the ``rows`` use. Luigi forks a process per task: each inherits
+    what this process compiled instead of compiling its own (Catalog.compiled caches per process)."""
+    for stage, template_id in {(r["stage"], r.get("template_id")) for r in rows}:
+        try:
+            catalog.check_template_variables(stage, template_id)
+            catalog.compiled(stage, template_id)
+        except (PipelineError, KeyError, jinja2.TemplateError):
+            pass  # the generation fails with the reason
+
+
 def run(plan):
     """Schedule every pending generation of the cohort, chunk by chunk, until each is done or
     settled in this run; wait for those other processes are buying."""
-    from .tasks import generation_task  # the task classes (this module is imported by tasks.py)
+    from .tasks import gen_context, generation_task  # the task classes (this module is imported by tasks.py)
 
     paths = plan.paths
     rows = read_membership(paths.membership_csv(plan.cohort_id))
     todo = store.pending(paths, rows, run_id=plan.run_id)
+    compile_templates(gen_context(paths, plan.run_id).catalog, todo)
     stalled, said_at = 0, -1e9
     while todo:
         todo = settle_blocked(paths, todo, plan.run_id)

@@ -161,7 +161,8 @@ class _GenerationTask(_RunTask):
         return f"{self.stage} {meta.get('template_id', '?')} {meta.get('llm_model_id') or 'copy'}"
 
     def run(self):
-        self.set_status_message(f"{self._label()}: running")
+        # no "running" message: luigi shows the task RUNNING, and through a luigid each message is a
+        # round trip that would delay the LLM call (its outcome below is worth one)
         started = time.monotonic()
         try:
             outcome = generation.run_generation(gen_context(self.paths, self.run_id, self.cohort_id or None),

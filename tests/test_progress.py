@@ -100,6 +100,22 @@ def test_missing_pools_names_what_the_scheduler_lacks():
     assert chunks.missing_pools({"llm_paid"}, [{"name": "llm_paid", "num_total": 4}]) == []
 
 
+def test_runner_compiles_the_templates_its_task_processes_render(tmp_path):
+    from pipeline.catalog import load_catalog
+    from pipeline.prompts import render_essay
+    from tests.support.project import RAW_ROOT
+
+    catalog = load_catalog(Paths(tmp_path / "data", raw_root=RAW_ROOT))
+    # an unknown template and a row without one are left for their generations to report
+    rows = [{"stage": "essay", "template_id": "short-essay-v1"}, {"stage": "essay", "template_id": "no-such"},
+            {"stage": "draft", "gen_id": "d_1"}]
+    chunks.compile_templates(catalog, rows)
+    compiled_again = []
+    catalog._env.from_string = lambda source: compiled_again.append(source)
+    assert "the draft" in render_essay(catalog, "short-essay-v1", "the draft")
+    assert compiled_again == []  # a task process forked from the runner compiles nothing
+
+
 def test_log_level_counts_as_asking_for_luigis_log():
     assert runlog.log_level_asked(["luigi", "--log-level", "DEBUG"])
     assert runlog.log_level_asked(["luigi", "--log-level=INFO"])

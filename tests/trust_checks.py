@@ -11,14 +11,11 @@ import hashlib
 import json
 import os
 import re
-import socket
-import subprocess
 import time
-import urllib.request
 from collections import Counter
-from contextlib import contextmanager
 
 from conftest import BIN
+from tests.support.project import free_port, luigid, wait_for  # noqa: F401 (used by the tests)
 
 
 def sha(text: str) -> str:
@@ -42,29 +39,6 @@ def recording_stub(make_stub, faults=None, **kwargs):
         return faults(index, body) if faults else None
 
     return make_stub(faults=note, **kwargs), admitted
-
-
-def wait_for(predicate, timeout, what, proc=None, log=None, poll=0.01):
-    """Poll ``predicate`` until it returns a truthy value (returned); fail after ``timeout`` s,
-    or early if ``proc`` exited (showing ``log``, a file path, when given)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}\n"
-                                 + (_tail(log) if log else ""))
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" + (_tail(log) if log else ""))
-        time.sleep(poll)
-
-
-def _tail(path, n=4000):
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-n:]
-    except FileNotFoundError:
-        return f"({path} missing)"
 
 
 def wait_answered(srv, admitted, timeout=15):
@@ -156,39 +130,3 @@ def assert_same_tables(project, reference):
                                       f"unexpected {unexpected} ({len(tables[name])} rows vs {len(rows)})")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def luigid(tmp_path, env=None):
-    """A real central scheduler on a free loopback port; yields (url, state_path, logdir, output_path)."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    state, logdir, out_path = tmp_path / "state.pickle", tmp_path / "luigid-logs", tmp_path / "luigid.out"
-    logdir.mkdir(exist_ok=True)
-    url = f"http://127.0.0.1:{port}"
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "luigid"), "--port", str(port), "--address", "127.0.0.1",
-                                 "--state-path", str(state), "--logdir", str(logdir)],
-                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    try:
-        def answers():
-            try:
-                with urllib.request.urlopen(f"{url}/api/task_list?data={{}}", timeout=1) as resp:
-                    return resp.status == 200
-            except OSError:
-                return False
-
-        wait_for(answers, 30, "luigid to answer HTTP", proc=proc, log=out_path, poll=0.1)
-        yield url, state, logdir, out_path
-    finally:
-        proc.terminate()  # SIGTERM: luigid saves its state file on the way out
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)

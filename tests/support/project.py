@@ -4,6 +4,7 @@
     write_spec(project, "c1", SPEC_YAML)
     result = run_luigi(project, "RunCohort", "--cohort-id", "c1", base_url=stub.base_url)
     seconds = timed_luigi(project, "RunCohort", "--cohort-id", "c1", workers=8, base_url=url)  # benchmarks
+    with luigid(tmp / "luigid", env=...) as (url, state_path, logdir, output_path): ...  # a real luigid
 
 ``make_project`` lays out a folder like a checkout: luigi.cfg (the repo's), cohorts/, data/, with the
 catalog read from the repo's data/1_raw. ``run_luigi`` / ``run_daydream`` run the real commands as
@@ -14,9 +15,12 @@ import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,13 +86,14 @@ class Project:
         return read_events(self.data_root / "events").events
 
 
-def make_project(root, raw_root=RAW_ROOT, **settings) -> Project:
-    """Lay out a project folder at ``root``: the repo's luigi.cfg with each ``key = value`` line named
-    in ``settings`` replaced (e.g. ``chunk_size=50``), empty cohorts/ and data/."""
+def make_project(root, raw_root=RAW_ROOT, config_from=REPO, **settings) -> Project:
+    """Lay out a project folder at ``root``: the luigi.cfg of the checkout ``config_from`` (this repo)
+    with each ``key = value`` line named in ``settings`` replaced (e.g. ``chunk_size=50``), empty
+    cohorts/ and data/."""
     root = Path(root)
     (root / "cohorts").mkdir(parents=True, exist_ok=True)
     (root / "data").mkdir(exist_ok=True)
-    lines = (REPO / "luigi.cfg").read_text(encoding="utf-8").splitlines()
+    lines = (Path(config_from) / "luigi.cfg").read_text(encoding="utf-8").splitlines()
     for key, value in settings.items():
         lines = [f"{key} = {value}" if line.replace(" ", "").startswith(f"{key}=") else line for line in lines]
     (root / "luigi.cfg").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -118,7 +123,7 @@ def command_env(env=None, base_url=None) -> dict:
 def luigi_argv(project, *args, local_scheduler=True, module="pipeline", fast_retries=True) -> list:
     """argv for ``luigi --module MODULE ARGS`` with the project's roots (and fast LLM retries)."""
     argv = [str(BIN / "luigi"), "--module", module, *args]
-    if local_scheduler and "--scheduler-host" not in args:
+    if local_scheduler and "--scheduler-host" not in args and "--scheduler-url" not in args:
         argv.append("--local-scheduler")
     argv += project.root_flags("--pipeline-")
     for flag, value in (FAST_LLM_FLAGS.items() if fast_retries else ()):
@@ -174,12 +179,14 @@ def run_luigi(project, *args, env=None, base_url=None, timeout=120, prefix=(), *
     return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
-def timed_luigi(project, task, *args, workers, base_url, module="pipeline") -> float:
-    """For benchmarks: one quiet local-scheduler run with the configured retries; its wall time.
-    Raises on failure."""
+def timed_luigi(project, task, *args, workers, base_url, module="pipeline", scheduler_url=None, env=None) -> float:
+    """For benchmarks: one quiet run with the configured retries (local scheduler, or the luigid at
+    ``scheduler_url``); its wall time. ``env``: extra variables. Raises on failure."""
+    if scheduler_url:
+        args += ("--scheduler-url", scheduler_url)
     started = time.perf_counter()
     result = run_luigi(project, task, *args, "--no-lock", "--workers", str(workers), "--log-level", "WARNING",
-                       base_url=base_url, timeout=None, module=module, fast_retries=False)
+                       base_url=base_url, env=env, timeout=None, module=module, fast_retries=False)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(result.args)} exited {result.returncode} in {project.root}:\n"
@@ -202,3 +209,65 @@ def run_daydream(project, command, *args, roots=True, env=None, timeout=60) -> s
 def output_of(result) -> str:
     """stdout + stderr of a CompletedProcess, for assertion messages."""
     return f"exit {result.returncode}\n--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}"
+
+
+def wait_for(predicate, timeout, what, proc=None, log=None, poll=0.01):
+    """Poll ``predicate`` until it returns a truthy value (returned); fail after ``timeout`` s,
+    or early if ``proc`` exited (showing ``log``, a file path, when given)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited ({proc.returncode}) while waiting for {what}\n"
+                                 + (_tail(log) if log else ""))
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n" + (_tail(log) if log else ""))
+        time.sleep(poll)
+
+
+def _tail(path, n=4000):
+    """The last ``n`` characters of a log file, for failure messages."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")[-n:]
+    except FileNotFoundError:
+        return f"({path} missing)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def luigid(tmp_path, env=None):
+    """A real central scheduler on a free loopback port; yields (url, state_path, logdir, output_path)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    state, logdir, out_path = tmp_path / "state.pickle", tmp_path / "luigid-logs", tmp_path / "luigid.out"
+    logdir.mkdir(exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "luigid"), "--port", str(port), "--address", "127.0.0.1",
+                                 "--state-path", str(state), "--logdir", str(logdir)],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        def answers():
+            try:
+                with urllib.request.urlopen(f"{url}/api/task_list?data={{}}", timeout=1) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+
+        wait_for(answers, 30, "luigid to answer HTTP", proc=proc, log=out_path, poll=0.1)
+        yield url, state, logdir, out_path
+    finally:
+        proc.terminate()  # SIGTERM: luigid saves its state file on the way out
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
