@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import csv_lines
 from .errors import PipelineError, StoreError
 from .fold_state import read_checked, write_checked
 from .fsio import remove_stale_tmp, write_if_changed, write_text_atomic
@@ -68,16 +69,18 @@ RANK_COLUMNS = ["parent_gen_id", "avg_score", "max_score", "models_covered"]
 
 # ----------------------------------------------------------------------------- rows
 
-def _evaluation_table(tables_dir) -> tuple:
+def _evaluation_table(tables_dir, gen_ids=None) -> tuple:
     """The header and rows (lists of text) of the replayed ``evaluation_results.csv``: its first
-    column is the gen_id."""
+    column is the gen_id. ``gen_ids``: only those rows are wanted (perhaps more are returned)."""
     path = Path(tables_dir) / "evaluation_results.csv"
     if not path.exists():
         raise StoreError(f"{path} is missing: run `daydream replay` first")
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, [])
-        return header, [row for row in reader if row]
+    data = path.read_bytes()
+    if gen_ids is not None:
+        data = csv_lines.select(data, [str(g).encode("utf-8") for g in gen_ids]) or data
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    header = next(reader, [])
+    return header, [row for row in reader if row]
 
 
 def _as_dicts(header, rows) -> list:
@@ -481,7 +484,7 @@ def write_cohort_tables(paths, cohort_id) -> None:
     members = read_membership(paths.membership_csv(cohort_id))
     ids = cohort_evaluation_ids(members)
     # the cohort's rows only: their essays' origins are all the pivot below looks up
-    header, replayed = _evaluation_table(paths.tables_dir)
+    header, replayed = _evaluation_table(paths.tables_dir, ids)
     wanted = set(ids)
     replayed = [row for row in replayed if row[0] in wanted]
     by_id = {ev["gen_id"]: ev for ev in _as_dicts(header, replayed)}

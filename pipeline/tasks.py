@@ -259,12 +259,12 @@ class CohortReport(_RunTask):
     def run(self):
         from .html_report import write_cohort_html
         from .original_tables import write_cohort_tables
-        from .reports import read_tables, write_cohort_report
+        from .reports import cohort_members, read_cohort_tables, write_cohort_report
 
         paths = self.paths
         for folder in (paths.reports_dir(self.cohort_id), paths.results_dir(self.cohort_id)):
             remove_stale_tmp(folder)
-        tables = read_tables(paths)   # once for both reports: whole-history tables are slow to parse
+        tables = read_cohort_tables(paths, cohort_members(paths, self.cohort_id))   # once for both reports
         write_cohort_report(paths, self.cohort_id, tables)
         write_cohort_tables(paths, self.cohort_id)
         write_cohort_html(paths, self.cohort_id, tables)
