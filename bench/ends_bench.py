@@ -53,11 +53,16 @@ def _child(project):
         header, rows = rows[0], rows[1:]
         assert tuple(header) == COLUMNS["evaluation_results"]
         new = {r[0]: tuple(v or None for v in r) for r in rows if r[0] in members}
-        with tempfile.TemporaryDirectory() as before:
-            with open(Path(before) / "evaluation_results.csv", "w", newline="", encoding="utf-8") as fh:
+        # the files as the replay before the cohort's left them: built from the table without its rows
+        table = paths.tables_dir / "evaluation_results.csv"
+        kept = table.read_bytes()
+        try:
+            with open(table, "w", newline="", encoding="utf-8") as fh:
                 csv.writer(fh, lineterminator="\n").writerows([header] + [r for r in rows if r[0] not in new])
-            write_cross_experiment_tables(paths.data_root, before, SimpleNamespace(
+            write_cross_experiment_tables(paths.data_root, paths.tables_dir, SimpleNamespace(
                 delta=None, version_before=None, version_after="before-cohort"))
+        finally:
+            table.write_bytes(kept)
         t0 = time.perf_counter()
         write_cross_experiment_tables(paths.data_root, paths.tables_dir, SimpleNamespace(
             delta={"evaluation_results": new}, version_before="before-cohort", version_after="with-cohort"))

@@ -66,8 +66,8 @@ def main(argv=()) -> dict:
         n_old = generate(old.data_root / "events", history)
         t0 = time.perf_counter()
         # what the last run left behind: its ReplayResults replayed and wrote the cross-experiment tables
-        replay(old.data_root / "events", old.data_root / "tables")
-        write_cross_experiment_tables(old.data_root, old.data_root / "tables")
+        stats = replay(old.data_root / "events", old.data_root / "tables")
+        write_cross_experiment_tables(old.data_root, old.data_root / "tables", stats)
         prime_s = time.perf_counter() - t0
         empty_s = run_cohort(empty)
         old_s = run_cohort(old)

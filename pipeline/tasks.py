@@ -239,7 +239,7 @@ class ReplayResults(_RunTask):
         state = self.log_state or store.log_state(self.paths)
         remove_stale_tmp(self.paths.tables_dir)
         stats = replay(self.paths.events_dir, self.paths.tables_dir)
-        write_cross_experiment_tables(self.paths.data_root, self.paths.tables_dir)
+        write_cross_experiment_tables(self.paths.data_root, self.paths.tables_dir, stats)
         write_text_atomic(self.output().path, state + "\n")
         self.set_status_message(str(stats))
 
