@@ -13,7 +13,8 @@ another checkout, e.g. main's, alternating round by round), times:
   the full build's;
 - ``report``: CohortReport's work (cohort report, the original's cohort tables, index.html).
 
-Prints the median per step and the history/empty ratios.
+Prints the median wall and CPU time (``_cpu``: of the measured process, less disturbed by other
+load on the machine) per step, and what the history adds.
 """
 import argparse
 import csv
@@ -44,7 +45,13 @@ def _child(project):
 
     paths = Paths.from_config()
     out = paths.data_root / "7_cross_experiment"
-    result = {}
+    result = {"pipeline": sys.modules["pipeline"].__file__}
+
+    def timed(name, work, *args):
+        wall, cpu = time.perf_counter(), time.process_time()
+        work(*args)
+        result[name] = time.perf_counter() - wall
+        result[f"{name}_cpu"] = time.process_time() - cpu
     if "replay" in inspect.signature(write_cross_experiment_tables).parameters:
         with open(paths.membership_csv(COHORT), newline="", encoding="utf-8") as fh:
             members = {r["gen_id"] for r in csv.DictReader(fh)}
@@ -63,21 +70,15 @@ def _child(project):
                 delta=None, version_before=None, version_after="before-cohort"))
         finally:
             table.write_bytes(kept)
-        t0 = time.perf_counter()
-        write_cross_experiment_tables(paths.data_root, paths.tables_dir, SimpleNamespace(
+        timed("cross_delta", write_cross_experiment_tables, paths.data_root, paths.tables_dir, SimpleNamespace(
             delta={"evaluation_results": new}, version_before="before-cohort", version_after="with-cohort"))
-        result["cross_delta"] = time.perf_counter() - t0
         spliced = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".csv"}
-    t0 = time.perf_counter()
-    write_cross_experiment_tables(paths.data_root, paths.tables_dir)
-    result["cross_full"] = time.perf_counter() - t0
+    timed("cross_full", write_cross_experiment_tables, paths.data_root, paths.tables_dir)
     if "cross_delta" in result:
         full = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".csv"}
         assert spliced == full, [n for n in full if spliced.get(n) != full[n]]
     task = tasks.CohortReport(cohort_id=COHORT, log_state="ends-bench", run_id="ends-bench")
-    t0 = time.perf_counter()
-    task.run()
-    result["report"] = time.perf_counter() - t0
+    timed("report", task.run)
     report = paths.reports_dir(COHORT)
     result["report_sha"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(report.rglob("*")) if p.is_file()
                             and p.name != "_state.txt"}
@@ -87,12 +88,14 @@ def _child(project):
 def measure(code_root, project) -> dict:
     env = dict(os.environ, PYTHONPATH=str(code_root))
     env.pop("LUIGI_CONFIG_PATH", None)
-    done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+    done = subprocess.run([sys.executable, "-c", f"import sys; sys.path.append({str(REPO)!r}); "
                            f"from bench.ends_bench import _child; _child({str(project)!r})"],
                           env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{code_root} on {project} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("pipeline") == str(code_root / "pipeline" / "__init__.py"), "measured the wrong code"
+    return result
 
 
 def main(argv=()) -> dict:
