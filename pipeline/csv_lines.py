@@ -80,7 +80,7 @@ def select(data: bytes, keys, column: int = 0, sorted_by_key: bool = True):
     lines are sorted by that cell (bisection), else every line is looked at."""
     try:
         return _select(data, keys, column, sorted_by_key) if one_record_per_line(data) else None
-    except Unsorted:
+    except (Unsorted, IndexError):   # IndexError: a line with fewer cells than ``column``
         return None
 
 
@@ -94,6 +94,9 @@ def _select(data, keys, column, sorted_by_key):
         lines = [data[start:end] for start, end, _ in spans]
     else:
         wanted = set(keys)
-        lines = [line for line in data[first:].split(b"\n")
-                 if line and key_cell(line, 0, len(line), column) in wanted]
+        lines = data[first:].split(b"\n")
+        if b'"' in data:   # quoted cells before the key would shift it: look at each line
+            lines = [line for line in lines if line and key_cell(line, 0, len(line), column) in wanted]
+        else:
+            lines = [line for line in lines if line and line.split(b",", column + 1)[column] in wanted]
     return header + b"".join(line + b"\n" for line in lines)
