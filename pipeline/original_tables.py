@@ -685,15 +685,16 @@ def _recolumn(lines, old, new):
     column no row scores is empty in every line and adds nothing to the sum, so it is inserted or
     dropped as an empty cell. The score cells and the sum end the line and are numbers or empty,
     never quoted, so they split off at the last commas. None if a line has too few cells."""
-    at = {k: i for i, k in enumerate(old)}
-    pick = [at.get(k) for k in new]
+    n = len(old) + 1   # commas before the score cells and the sum ("\n" stays on the sum)
+    at = {k: i + 1 for i, k in enumerate(old)}
+    pick = itemgetter(0, *(at.get(k, n + 1) for k in new), n)   # n + 1: the empty cell appended
     out = {}
     for task, line in lines.items():
-        cells = line[:-1].rsplit(",", len(old) + 1)
-        if len(cells) != len(old) + 2:
+        cells = line.rsplit(",", n)
+        if len(cells) != n + 1:
             return None
-        scores = cells[1:-1]
-        out[task] = ",".join([cells[0]] + ["" if i is None else scores[i] for i in pick] + [cells[-1]]) + "\n"
+        cells.append("")
+        out[task] = ",".join(pick(cells))
     return out
 
 
