@@ -77,9 +77,11 @@ def _evaluation_table(tables_dir, gen_ids=None) -> tuple:
     path = Path(tables_dir) / "evaluation_results.csv"
     if not path.exists():
         raise StoreError(f"{path} is missing: run `daydream replay` first")
-    data = path.read_bytes()
-    if gen_ids is not None:
-        data = csv_lines.select(data, [str(g).encode("utf-8") for g in gen_ids]) or data
+    if gen_ids is None:
+        data = path.read_bytes()
+    else:
+        whole = csv_lines.mapped(path)
+        data = csv_lines.select(whole, [str(g).encode("utf-8") for g in gen_ids]) or whole[:]
     reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
     header = next(reader, [])
     return header, [row for row in reader if row]
@@ -590,7 +592,7 @@ def _update(state, changes, data_root, tables_dir, out):
         if lines is None:
             return None
         try:
-            files[name] = _splice((out / name).read_bytes(), ids, changes, lines[1], column)
+            files[name] = _splice(csv_lines.mapped(out / name), ids, changes, lines[1], column)
         except (FileNotFoundError, csv_lines.Unsorted):
             return None
     old_lines, aggregated = files["aggregated_scores.csv"]
@@ -656,19 +658,20 @@ def _needs_quotes(gen_id) -> bool:
 def _splice(data, ids, changes, lines, column) -> tuple:
     """(the lines of ``ids`` in ``data``, ``data`` with them replaced): sorted ``ids`` with a
     row in ``changes`` take the next of ``lines``, the others are removed. ``column``: the gen_id's."""
+    view = memoryview(data)   # pieces of a (mapped) file without copying them before the join
     pos = csv_lines.body_start(data)
-    pieces, old, new = [data[:pos]], [], iter(lines)
+    pieces, old, new = [view[:pos]], [], iter(lines)
     for gen_id in ids:
         start, end, found = csv_lines.locate(data, gen_id.encode("utf-8"), column, pos)
-        pieces.append(data[pos:start])
+        pieces.append(view[pos:start])
         if found:
-            old.append(data[start:end + 1])
+            old.append(view[start:end + 1])
             pos = end + 1
         else:
             pos = start
         if changes[gen_id] is not None:
             pieces.append(next(new).encode("utf-8"))
-    pieces.append(data[pos:])
+    pieces.append(view[pos:])
     return b"".join(old), b"".join(pieces)
 
 

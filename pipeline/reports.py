@@ -87,7 +87,7 @@ def read_cohort_tables(paths, members) -> dict:
     ids = [str(r["gen_id"]).encode("utf-8") for r in members]
     tables = {}
     for name, column in _COHORT_TABLES.items():
-        data = _table_path(paths, name).read_bytes()
+        data = csv_lines.mapped(_table_path(paths, name))
         rows = csv_lines.select(data, ids, column, sorted_by_key=column == 0)
         tables[name] = parse_table(name, io.BytesIO(data if rows is None else rows))
     return tables
