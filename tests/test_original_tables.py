@@ -264,6 +264,26 @@ def test_cross_experiment_tables_fall_back_on_a_full_build(tmp_path, monkeypatch
     assert replays.files() == {}
 
 
+def test_cross_experiment_tables_after_a_crash_in_the_middle_of_an_update(tmp_path, monkeypatch):
+    """Killed after some files were updated and before the others: the next replay's delta is
+    not applied to that mix; the files are built again, right."""
+    replays = Replays(tmp_path / "data", monkeypatch)
+    rows = history(6, 120)
+    replays.replay(rows)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(original_tables, "write_text_atomic", killed)   # the pivot, written last
+        with pytest.raises(KeyboardInterrupt):
+            replays.replay(rows + history(7, 10, start=500))
+    assert not (tmp_path / "data" / "tables" / CROSS_STATE).exists()
+    assert replays.replay(rows[3:] + history(7, 10, start=500))
+    assert replays.files() == replays.full_build()
+    assert not replays.replay(rows[4:] + history(7, 10, start=500))   # and updates again after that
+    assert replays.files() == replays.full_build()
+
+
 def test_write_table_skips_empty_frames(tmp_path):
     path = tmp_path / "t.csv"
     assert write_table(path, pd.DataFrame({"a": [1.0]})) == path.read_text() == "a\n1.0\n"
