@@ -107,7 +107,9 @@ def _select(data, keys, column, sorted_by_key):
     else:
         wanted = set(keys)
         lines = data[first:].split(b"\n")
-        if b'"' in data:   # quoted cells before the key would shift it: look at each line
+        # quoted cells before the key would shift it: look at each line (find, not `in`, which
+        # walks a mapped file byte by byte)
+        if data.find(b'"') >= 0:
             lines = [line for line in lines if line and key_cell(line, 0, len(line), column) in wanted]
         else:
             lines = [line for line in lines if line and line.split(b",", column + 1)[column] in wanted]
