@@ -85,7 +85,7 @@ def end_of_run(project) -> dict:
     t0 = time.perf_counter()
     stats = replay(project.data_root / "events", project.data_root / "tables")
     t1 = time.perf_counter()
-    write_cross_experiment_tables(project.data_root, project.data_root / "tables")
+    write_cross_experiment_tables(project.data_root, project.data_root / "tables", stats)
     t2 = time.perf_counter()
     return {"replay_s": round(t1 - t0, 3), "incremental": stats.incremental,
             "cross_experiment_s": round(t2 - t1, 3)}
@@ -107,8 +107,8 @@ def main(argv=()) -> dict:
         n_old = generate(old.data_root / "events", history)
         t0 = time.perf_counter()
         # what the last run left behind: its ReplayResults replayed and wrote the cross-experiment tables
-        replay(old.data_root / "events", old.data_root / "tables")
-        write_cross_experiment_tables(old.data_root, old.data_root / "tables")
+        stats = replay(old.data_root / "events", old.data_root / "tables")
+        write_cross_experiment_tables(old.data_root, old.data_root / "tables", stats)
         prime_s = time.perf_counter() - t0
         empty_s = run_cohort(empty)
         old_s = run_cohort(old)

@@ -217,7 +217,7 @@ def cmd_replay(args):
     paths = _data_paths(args)
     tables_dir = args.tables_dir or paths.tables_dir
     stats = replay(paths.events_dir, tables_dir, skip_bad=args.skip_bad, full=args.full)
-    write_cross_experiment_tables(paths.data_root, tables_dir)
+    write_cross_experiment_tables(paths.data_root, tables_dir, stats)
     print(stats.summary())
     for bad in stats.read.bad:
         print(f"daydream: warning: skipped bad line {bad}", file=sys.stderr)

@@ -32,7 +32,8 @@ from .events import _split_lines, iter_segments, scan_lines
 from .fsio import new_tmp, write_bytes_atomic
 
 STATE_FILE = "_fold_state.sqlite"
-_OLD_STATE_FILES = ("_fold_state.marshal",)   # written by earlier versions: removed on a full replay
+# written by earlier versions (the fold, the cross-experiment row lines): removed on a full replay
+_OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
 VERSION = 2

@@ -3,7 +3,7 @@
     >>> write_cohort_html(paths, "demo")             # data/cohorts/demo/reports/index.html
     >>> write_compare_html(paths, ["a", "b"], out)   # daydream compare a b --html out
 
-Built from the replayed tables (reports.read_tables / cohort_data) in three steps:
+Built from the replayed tables (reports.read_cohort_tables / cohort_data) in three steps:
 ``cohort_page``/``compare_page`` turn tables and texts into plain data (dicts and lists); the
 ``*_svg`` functions draw that data with matplotlib as inline SVG; ``render_*_html`` fills a
 Jinja2 template from report_templates/ (autoescaped: essays and judge answers are untrusted
@@ -22,7 +22,7 @@ from markupsafe import Markup
 from .combos import read_mappings
 from .fsio import write_if_changed
 from .reports import (COMPARE_AXES, MAX_FAILURES, _concept_names, cohort_data, cohort_members,
-                      failures, llm_usage, read_tables, stage_counts)
+                      failures, llm_usage, read_cohort_tables, read_tables, stage_counts)
 
 Z95 = 1.96
 DIST_AXES = ("essay_template", "essay_llm", "draft_template", "draft_llm", "evaluation_template",
@@ -403,9 +403,9 @@ def read_texts(paths, data) -> dict:
 
 def write_cohort_html(paths, cohort_id, tables=None) -> Path:
     """Write data/cohorts/<id>/reports/index.html (atomically; untouched when unchanged).
-    ``tables``: read_tables(paths), when the caller has them already."""
-    data = cohort_data(read_tables(paths) if tables is None else tables, cohort_id,
-                       cohort_members(paths, cohort_id))
+    ``tables``: read_cohort_tables (or read_tables), when the caller has them already."""
+    members = cohort_members(paths, cohort_id)
+    data = cohort_data(read_cohort_tables(paths, members) if tables is None else tables, cohort_id, members)
     combos = {cid: info["concepts"] for cid, info in read_mappings(paths.combo_mappings_csv).items()}
     page = cohort_page(data, read_texts(paths, data), combos, _concept_names(paths))
     out = paths.reports_dir(cohort_id) / "index.html"

@@ -18,17 +18,21 @@ rows drop out of group-bys and pivots exactly as there.
 import csv
 import io
 import logging
-from hashlib import blake2b
+import math
+from collections import Counter
 from operator import itemgetter
 from pathlib import Path
 
 import pandas as pd
+from pandas._libs.parsers import STR_NA_VALUES   # read_csv's default na_values
 
+from . import csv_lines
 from .errors import PipelineError, StoreError
 from .fold_state import read_checked, write_checked
-from .fsio import remove_stale_tmp, write_if_changed, write_text_atomic
+from .fsio import remove_stale_tmp, write_bytes_atomic, write_if_changed, write_text_atomic
 from .membership import read_membership
 from .paths import Paths
+from .replay import COLUMNS
 
 log = logging.getLogger("luigi-interface")
 
@@ -41,7 +45,6 @@ AGGREGATED_COLUMNS = (
     "parent_gen_id", "gen_id", "evaluation_template", "evaluation_llm_model", "score", "error",
     "evaluation_response_path", "combo_id", "draft_template", "generation_template",
     "generation_model", "generation_response_path", "origin_cohort_id", "input_mode", "copied_from")
-ROW_LINES = "_cross_experiment_rows.marshal"   # in data/tables, beside the fold state: see _row_lines
 MISSING_SCORE = "missing parsed.txt"   # the original's error text for an evaluation without a score
 GENERATION_INDEX = ["combo_id", "draft_template", "generation_template", "generation_model",
                     "parent_gen_id"]
@@ -68,16 +71,20 @@ RANK_COLUMNS = ["parent_gen_id", "avg_score", "max_score", "models_covered"]
 
 # ----------------------------------------------------------------------------- rows
 
-def _evaluation_table(tables_dir) -> tuple:
+def _evaluation_table(tables_dir, gen_ids=None) -> tuple:
     """The header and rows (lists of text) of the replayed ``evaluation_results.csv``: its first
-    column is the gen_id."""
+    column is the gen_id. ``gen_ids``: only those rows are wanted (perhaps more are returned)."""
     path = Path(tables_dir) / "evaluation_results.csv"
     if not path.exists():
         raise StoreError(f"{path} is missing: run `daydream replay` first")
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, [])
-        return header, [row for row in reader if row]
+    if gen_ids is None:
+        data = path.read_bytes()
+    else:
+        whole = csv_lines.mapped(path)
+        data = csv_lines.select(whole, [str(g).encode("utf-8") for g in gen_ids]) or whole[:]
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    header = next(reader, [])
+    return header, [row for row in reader if row]
 
 
 def _as_dicts(header, rows) -> list:
@@ -319,13 +326,9 @@ def _essay_task_ids(df) -> pd.Series:
     return parts.apply(lambda row: "_".join(str(v).strip() for v in row), axis=1)
 
 
-def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
-    """§2.5 evaluation_scores_by_template_model.csv and the lines the original prints.
-
-    One row per essay task (combo, draft template, essay model, essay template), with the *first*
-    valid score per ``<template>__<model>`` column. ``essay_origins``: essay gen_id -> the cohort
-    that created it. ``allowlist``: (templates, models) in --cohort-id mode. Raises PipelineError
-    where the original's script stops with an error."""
+def _task_rows(scores, allowlist=None) -> tuple:
+    """The rows scores_by_template_model pivots, with their ``essay_task_id`` and ``key``, and the
+    notes the original prints about the rows it drops."""
     df = scores
     notes = []
     if allowlist is not None:
@@ -348,7 +351,13 @@ def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
         raise PipelineError("no_complete_task_metadata")
     df["essay_task_id"] = _essay_task_ids(df)
     df["key"] = df["evaluation_template"].map(str) + "__" + df["evaluation_llm_model"].map(str)
-    keys = sorted(df["key"].unique())
+    return df, notes
+
+
+def _task_table(df, essay_origins, keys=None) -> pd.DataFrame:
+    """scores_by_template_model's table for _task_rows ``df``; ``keys``: its score columns when
+    ``df`` holds only some tasks' rows (default: the keys of ``df``)."""
+    keys = sorted(df["key"].unique()) if keys is None else keys
     df = df.sort_values(["essay_task_id", "key"])   # multi-key sort is stable: ties keep input order
     meta_columns = ["parent_gen_id"] + TASK_COLUMNS + ["origin_cohort_id"]
     meta = df[["essay_task_id"] + meta_columns].groupby("essay_task_id", as_index=False).agg("first")
@@ -366,66 +375,41 @@ def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
     table["allowlisted_template_score_sum"] = (
         table[keys].apply(pd.to_numeric, errors="coerce").sum(axis=1, skipna=True).fillna(0.0))
     columns = ["essay_gen_id"] + TASK_COLUMNS + ["origin_cohort_id"] + keys + ["allowlisted_template_score_sum"]
-    return table.reindex(columns=columns), notes
+    return table.reindex(columns=columns)
+
+
+def scores_by_template_model(scores, essay_origins, allowlist=None) -> tuple:
+    """§2.5 evaluation_scores_by_template_model.csv and the lines the original prints.
+
+    One row per essay task (combo, draft template, essay model, essay template), with the *first*
+    valid score per ``<template>__<model>`` column. ``essay_origins``: essay gen_id -> the cohort
+    that created it. ``allowlist``: (templates, models) in --cohort-id mode. Raises PipelineError
+    where the original's script stops with an error."""
+    df, notes = _task_rows(scores, allowlist)
+    return _task_table(df, essay_origins), notes
 
 
 # ----------------------------------------------------------------------------- writing
 
-def write_table(path, df):
+def write_table(path, df, fsync=True):
     """Write ``df`` like the original (CSV, no index) and return the text. An empty table writes
     no file (None), as in the original; unlike the original, a file left by an earlier run is
     removed, so the files always reflect the current log."""
-    return _write_csv_text(path, None if df is None or df.empty else to_csv_text(df))
-
-
-def _write_csv_text(path, text):
-    """write_table for CSV text already rendered (None: an empty table)."""
     path = Path(path)
     remove_stale_tmp(path.parent)   # left by a writer killed mid-write
-    if text is None:
+    if df is None or df.empty:
         path.unlink(missing_ok=True)
         return None
-    write_if_changed(path, text)
+    text = to_csv_text(df)
+    write_if_changed(path, text, fsync=fsync)
     return text
 
 
-def _row_lines(header, rows, data_root, tables_dir):
-    """For each row of evaluation_results (_evaluation_table), its (aggregated_scores, filtered_evaluation_results)
-    CSV line, or None when a line cannot be told apart (a cell holds a line break).
-
-    pandas writes every cell on its own (floats as repr, missing as empty), so a row's line does not
-    depend on the other rows: lines are rendered once and kept in tables_dir/ROW_LINES, keyed by the
-    a digest of the row's values, and a run with a long history renders only its new rows."""
-    path = Path(tables_dir) / ROW_LINES
-    root = str(Path(data_root).resolve())   # the lines hold absolute paths under it
-    try:
-        saved = read_checked(path) or {}
-    except (ValueError, EOFError, TypeError):   # another Python's marshal
-        saved = {}
-    cache = saved.get("rows", {}) if saved.get("data_root") == root else {}
-    keys = [blake2b("\x1f".join(row).encode(), digest_size=16).digest() for row in rows]
-    new = {key: row for key, row in zip(keys, rows) if key not in cache}
-    if new:
-        rows = normalized_rows(_as_dicts(header, new.values()), data_root)
-        rendered = [_lines(normalized_frame(rows, columns), len(rows))
-                    for columns in (AGGREGATED_COLUMNS, NORMALIZED_COLUMNS)]
-        if None in rendered:
-            return None
-        cache.update(zip(new, zip(*rendered)))
-    kept = {key: cache[key] for key in keys}
-    if new or len(kept) != len(cache):
-        write_checked(path, {"data_root": root, "rows": kept})
-    return [kept[key] for key in keys]
-
-
-def _lines(df, n):
-    """The n row lines (each ending in a newline) of ``df`` as CSV, or None if they are not n lines."""
-    lines = to_csv_text(df).split("\n")[1:-1]
-    return [line + "\n" for line in lines] if len(lines) == n else None
-
-
-def _header(columns) -> str:
-    return ",".join(columns) + "\n"
+def _lines(text, n):
+    """(header line, the n row lines) of CSV ``text``, each ending in a newline; None if it does not
+    hold n + 1 lines (a cell with a line break)."""
+    lines = [line + "\n" for line in text.split("\n")[:-1]]
+    return (lines[0], lines[1:]) if len(lines) == n + 1 else None
 
 
 def _essay_origins(header, rows) -> dict:
@@ -448,26 +432,306 @@ def _write_pivot(path, scores, essay_origins, allowlist=None):
     write_table(path, table)
 
 
-def write_cross_experiment_tables(data_root, tables_dir) -> None:
+# ----------------------------------------------------------------------------- cross-experiment files
+#
+# data/7_cross_experiment holds one line per evaluation of the whole log, sorted by gen_id, and the
+# pivot of one line per essay task. A run on a long history changes a few of them, so after a replay
+# that says which evaluation rows changed (ReplayStats.delta) the files are updated in place:
+# changed rows are spliced into the sorted files (pipeline.csv_lines finds them) and only the pivot
+# lines of the tasks they touch are computed again, by the same pandas code over those tasks' rows.
+# CROSS_STATE records what that needs and the replay version the files reflect; whenever it does
+# not match the replay's version_before, or an update could differ from a full build, the files are
+# built from evaluation_results.csv as a whole.
+
+CROSS_STATE = "_cross_experiment_state.marshal"   # in data/tables, beside the fold state
+_STATE_FORMAT = 1
+# Columns the pivot groups or labels by. A column pandas reads back as numbers would print, say,
+# "1.0" for "1": the tasks' lines are computed apart only while each of these holds a cell that
+# can only be text (so pandas reads the column as text, whatever the other rows hold).
+_TEXT_COLUMNS = ("parent_gen_id", "evaluation_template", "evaluation_llm_model") + tuple(TASK_COLUMNS)
+_FILES = ("aggregated_scores.csv", "filtered_evaluation_results.csv", "evaluation_scores_by_template_model.csv")
+_AGG_GEN_ID = AGGREGATED_COLUMNS.index("gen_id")
+# pandas (numpy) sums a row of a table of 6 rows or more cell after cell, and pairwise below
+# that: the update computes the sums of the tasks it touches in the first order, so it updates
+# pivots of at least this many tasks (with a margin) and leaves shorter ones to a full build
+MIN_TASKS = 16
+
+
+def write_cross_experiment_tables(data_root, tables_dir, replay=None) -> None:
     """data/7_cross_experiment/{aggregated_scores, filtered_evaluation_results,
     evaluation_scores_by_template_model}.csv over every evaluation in the log, rows sorted by
     gen_id (the original lists aggregated_scores.csv in file-system order, which no one can
-    reproduce; filtered_evaluation_results.csv is sorted there too)."""
+    reproduce; filtered_evaluation_results.csv is sorted there too).
+
+    ``replay``: the ReplayStats of the replay that just wrote ``tables_dir``; its ``delta``
+    updates files built from the tables it started from (``version_before``), with the same
+    bytes as a full build. Without it, or for files of another version, a full build."""
+    out = Path(data_root) / "7_cross_experiment"
+    state_path = Path(tables_dir) / CROSS_STATE
+    state = _read_state(state_path, data_root, out)
+    delta = getattr(replay, "delta", None)
+    # no state while the files change: a crash before the new one is saved means a full build
+    state_path.unlink(missing_ok=True)
+    if state is not None and delta is not None and state["version"] == getattr(replay, "version_before", ""):
+        state = _update(state, delta.get("evaluation_results", {}), data_root, tables_dir, out)
+    else:
+        state = None
+    if state is None:
+        state = _build(data_root, tables_dir, out)
+    version = getattr(replay, "version_after", None)
+    if state is not None and version is not None:
+        state["version"] = version
+        state["sizes"] = [_size(out / name) for name in _FILES]
+        write_checked(state_path, state)
+
+
+def _size(path):
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+def _read_state(path, data_root, out):
+    """The saved state if it describes the files as they are in ``out`` under this data_root."""
+    try:
+        state = read_checked(path)
+    except (ValueError, EOFError, TypeError):   # another Python's marshal
+        return None
+    if (not isinstance(state, dict) or state.get("format") != _STATE_FORMAT
+            or state.get("data_root") != str(Path(data_root).resolve())   # the rows hold absolute paths
+            or state.get("sizes") != [_size(out / name) for name in _FILES]):
+        return None
+    return state
+
+
+def _build(data_root, tables_dir, out):
+    """Every file from evaluation_results.csv; returns the state for later updates (None when
+    the files cannot be updated in place: a cell with a line break)."""
     header, rows = _evaluation_table(tables_dir)
     rows.sort(key=itemgetter(0))   # by gen_id
-    out = Path(data_root) / "7_cross_experiment"
-    lines = _row_lines(header, rows, data_root, tables_dir) if rows else None
-    if lines is None:
-        normalized = normalized_rows(_as_dicts(header, rows), data_root)
-        text = write_table(out / "aggregated_scores.csv", normalized_frame(normalized, AGGREGATED_COLUMNS))
-        write_table(out / "filtered_evaluation_results.csv", normalized_frame(normalized))
-    else:
-        text = _write_csv_text(out / "aggregated_scores.csv",
-                               _header(AGGREGATED_COLUMNS) + "".join(agg for agg, _ in lines))
-        _write_csv_text(out / "filtered_evaluation_results.csv",
-                        _header(NORMALIZED_COLUMNS) + "".join(filtered for _, filtered in lines))
-    scores = read_back(text) if text else None
-    _write_pivot(out / "evaluation_scores_by_template_model.csv", scores, _essay_origins(header, rows))
+    normalized = normalized_rows(_as_dicts(header, rows), data_root)
+    # derived from the log like data/tables (rebuilt by `daydream replay --full`): no fsync
+    text = write_table(out / "aggregated_scores.csv", normalized_frame(normalized, AGGREGATED_COLUMNS), fsync=False)
+    filtered = write_table(out / "filtered_evaluation_results.csv", normalized_frame(normalized), fsync=False)
+    path = out / "evaluation_scores_by_template_model.csv"
+    origins = _essay_origins(header, rows)
+    task_rows = table = None
+    try:
+        if text is not None:
+            task_rows, notes = _task_rows(read_back(text))
+            table = _task_table(task_rows, origins)
+            for note in notes:
+                log.info("%s: %s", path.name, note)
+    except PipelineError as exc:
+        log.warning("%s not written: %s", path, exc)   # the original's script stops here
+    pivot = write_table(path, table, fsync=False)
+    if any(t is not None and t.count("\n") != len(rows) + 1 for t in (text, filtered)):
+        return None
+    state = {"format": _STATE_FORMAT, "data_root": str(Path(data_root).resolve()), "version": None,
+             "tasks": {}, "keys": {}, "columns": [], "lines": {}, "header": None,
+             "text": {c: sum(n for cell, n in Counter(r[c] or "" for r in normalized).items() if _is_text(cell))
+                      for c in _TEXT_COLUMNS}}
+    found = [(row["gen_id"],) + task_key for row in normalized
+             for task_key in [_task_and_key(row)] if task_key is not None]
+    for gen_id, task, key in found:
+        state["tasks"].setdefault(task, []).append(gen_id)
+        state["keys"][key] = state["keys"].get(key, 0) + 1
+    if table is None:
+        return None if found else state
+    lines = _lines(pivot, len(table))
+    # the update relies on the pivot's rows being its tasks in order, and on _task_and_key
+    # telling each row's task and key as pandas does: checked here
+    if (lines is None or len(lines[1]) != len(state["tasks"])
+            or found != list(zip(task_rows["gen_id"], task_rows["essay_task_id"], task_rows["key"]))):
+        return None
+    state["columns"] = sorted(state["keys"])
+    if lines[0] != _pivot_header(state["columns"]):
+        return None
+    state["header"] = lines[0]
+    state["lines"] = dict(zip(sorted(state["tasks"]), lines[1]))
+    return state
+
+
+def _is_text(cell) -> bool:
+    """Whether pandas can only read CSV cell text ``cell`` as text (not a number, bool or NA)."""
+    if cell in STR_NA_VALUES or cell.strip().lower() in ("true", "false"):
+        return False
+    try:
+        float(cell)
+    except ValueError:
+        return True
+    return False
+
+
+def _task_and_key(row):
+    """(essay_task_id, key) of a normalized row read back with text columns, as _task_rows makes
+    them; None for a row it drops (incomplete task metadata)."""
+    cells = [row[c] or "" for c in TASK_ID_ORDER]
+    if any(c in STR_NA_VALUES or not c.strip() for c in cells):
+        return None
+    key = [row[c] or "" for c in ("evaluation_template", "evaluation_llm_model")]
+    return "_".join(c.strip() for c in cells), "__".join("nan" if c in STR_NA_VALUES else c for c in key)
+
+
+def _update(state, changes, data_root, tables_dir, out):
+    """Apply replayed evaluation rows ({gen_id: row tuple or None}) to the files and ``state``;
+    None where only a full build gives the right bytes."""
+    if not changes:
+        return state
+    ids = sorted(changes)
+    if any(_needs_quotes(g) for g in ids) or not state["tasks"]:
+        return None
+    header = COLUMNS["evaluation_results"]
+    new = normalized_rows(_as_dicts(header, [["" if v is None else str(v) for v in changes[g]]
+                                             for g in ids if changes[g] is not None]), data_root)
+    files = {}   # name -> (its old lines of the changed rows, its new bytes)
+    for name, columns, column in (("aggregated_scores.csv", AGGREGATED_COLUMNS, _AGG_GEN_ID),
+                                  ("filtered_evaluation_results.csv", NORMALIZED_COLUMNS, 0)):
+        lines = _lines(to_csv_text(normalized_frame(new, columns)), len(new))
+        if lines is None:
+            return None
+        try:
+            files[name] = _splice(csv_lines.mapped(out / name), ids, changes, lines[1], column)
+        except (FileNotFoundError, csv_lines.Unsorted):
+            return None
+    old_lines, aggregated = files["aggregated_scores.csv"]
+    if csv_lines.body_start(aggregated) == len(aggregated):
+        return None   # no rows left: the full build removes the files
+    # the pivot: move the changed rows between tasks, then compute the lines of the tasks touched
+    old_rows = [dict(zip(AGGREGATED_COLUMNS, (c or None for c in cells)))
+                for cells in csv.reader(io.StringIO(old_lines.decode("utf-8"), newline=""))]
+    tasks, keys, text = state["tasks"], state["keys"], state["text"]
+    touched = set()
+    for sign, rows in ((-1, old_rows), (1, new)):
+        for row in rows:
+            for c in _TEXT_COLUMNS:
+                text[c] += sign * _is_text(row[c] or "")
+            found = _task_and_key(row)
+            if found is None:
+                continue
+            task, key = found
+            touched.add(task)
+            keys[key] = keys.get(key, 0) + sign
+            members = tasks.setdefault(task, [])
+            if sign > 0:
+                members.append(row["gen_id"])
+            elif row["gen_id"] in members:
+                members.remove(row["gen_id"])
+            else:
+                return None
+    if not all(text.values()):
+        return None   # a column would be read back as numbers: full build
+    columns = sorted(k for k, n in keys.items() if n)
+    if columns != state["columns"]:
+        state["lines"] = _recolumn(state["lines"], state["columns"], columns)
+        if state["lines"] is None:
+            return None
+        state["keys"] = keys = {k: keys[k] for k in columns}
+        state["columns"] = columns
+    for task in touched:
+        if tasks[task]:
+            tasks[task].sort()
+        else:
+            del tasks[task]
+            state["lines"].pop(task, None)
+    if len(tasks) < MIN_TASKS:
+        return None   # the sums of a short pivot are added up in another order: see _sum_in_order
+    touched = sorted(t for t in touched if t in tasks)
+    state["header"] = _pivot_header(columns)
+    if touched:
+        lines = _task_lines(touched, tasks, columns, aggregated, tables_dir)
+        if lines is None or lines[0] != state["header"]:
+            return None
+        state["lines"].update(zip(touched, lines[1]))
+    for name, (_, data) in files.items():
+        write_bytes_atomic(out / name, data, fsync=False)
+    pivot = state["header"] + "".join(state["lines"][t] for t in sorted(state["lines"]))
+    write_text_atomic(out / "evaluation_scores_by_template_model.csv", pivot, fsync=False)
+    return state
+
+
+def _needs_quotes(gen_id) -> bool:
+    return not gen_id or any(c in gen_id for c in ',"\r\n')
+
+
+def _splice(data, ids, changes, lines, column) -> tuple:
+    """(the lines of ``ids`` in ``data``, ``data`` with them replaced): sorted ``ids`` with a
+    row in ``changes`` take the next of ``lines``, the others are removed. ``column``: the gen_id's."""
+    view = memoryview(data)   # pieces of a (mapped) file without copying them before the join
+    pos = csv_lines.body_start(data)
+    pieces, old, new = [view[:pos]], [], iter(lines)
+    for gen_id in ids:
+        start, end, found = csv_lines.locate(data, gen_id.encode("utf-8"), column, pos)
+        pieces.append(view[pos:start])
+        if found:
+            old.append(view[start:end + 1])
+            pos = end + 1
+        else:
+            pos = start
+        if changes[gen_id] is not None:
+            pieces.append(next(new).encode("utf-8"))
+    pieces.append(view[pos:])
+    return b"".join(old), b"".join(pieces)
+
+
+def _pivot_header(columns) -> str:
+    """The pivot's header line for score ``columns`` (pandas writes it with csv.writer)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(
+        ["essay_gen_id"] + TASK_COLUMNS + ["origin_cohort_id"] + list(columns) + ["allowlisted_template_score_sum"])
+    return out.getvalue()
+
+
+def _recolumn(lines, old, new):
+    """Pivot lines ({task: line}) with score columns ``old`` as lines with columns ``new``: a
+    column no row scores is empty in every line and adds nothing to the sum, so it is inserted or
+    dropped as an empty cell. The score cells and the sum end the line and are numbers or empty,
+    never quoted, so they split off at the last commas. None if a line has too few cells."""
+    n = len(old) + 1   # commas before the score cells and the sum ("\n" stays on the sum)
+    at = {k: i + 1 for i, k in enumerate(old)}
+    pick = itemgetter(0, *(at.get(k, n + 1) for k in new), n)   # n + 1: the empty cell appended
+    out = {}
+    for task, line in lines.items():
+        cells = line.rsplit(",", n)
+        if len(cells) != n + 1:
+            return None
+        cells.append("")
+        out[task] = ",".join(pick(cells))
+    return out
+
+
+def _task_lines(touched, tasks, columns, aggregated, tables_dir):
+    """(header, lines) of the pivot for the ``touched`` tasks (sorted), from their rows in the
+    updated aggregated_scores.csv bytes, with ``columns`` as its score columns; None if that
+    cannot be the full build's text."""
+    gen_ids = sorted(g for task in touched for g in tasks[task])
+    rows = csv_lines.select(aggregated, [g.encode("utf-8") for g in gen_ids], _AGG_GEN_ID)
+    if rows is None:
+        return None
+    # the text columns as text: what pandas reads them as over all rows (see _TEXT_COLUMNS)
+    scores = pd.read_csv(io.BytesIO(rows), dtype={c: str for c in _TEXT_COLUMNS})
+    df, _ = _task_rows(scores)
+    if len(scores) != len(gen_ids) or sorted(df["essay_task_id"].unique()) != touched \
+            or df["parent_gen_id"].isna().all():
+        return None
+    # the essays' origins from these rows: replay writes an essay's origin on all its evaluations
+    header, evaluations = _evaluation_table(tables_dir, gen_ids)
+    if len(evaluations) != len(gen_ids):   # not found by bisection: not the table the rows came from
+        return None
+    table = _task_table(df, _essay_origins(header, evaluations), columns)
+    table["allowlisted_template_score_sum"] = [_sum_in_order(cells) for cells in
+                                               table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(float)]
+    return _lines(to_csv_text(table), len(table))
+
+
+def _sum_in_order(cells) -> float:
+    """A row's score sum as pandas adds it up in a table of MIN_TASKS rows or more: the cells one
+    after the other, a missing one as 0.0 (a table of a few rows is summed pairwise instead)."""
+    total = 0.0 if math.isnan(cells[0]) else cells[0]
+    for cell in cells[1:]:
+        total += 0.0 if math.isnan(cell) else cell
+    return total
 
 
 def cohort_evaluation_ids(members) -> list:
@@ -481,7 +745,7 @@ def write_cohort_tables(paths, cohort_id) -> None:
     members = read_membership(paths.membership_csv(cohort_id))
     ids = cohort_evaluation_ids(members)
     # the cohort's rows only: their essays' origins are all the pivot below looks up
-    header, replayed = _evaluation_table(paths.tables_dir)
+    header, replayed = _evaluation_table(paths.tables_dir, ids)
     wanted = set(ids)
     replayed = [row for row in replayed if row[0] in wanted]
     by_id = {ev["gen_id"]: ev for ev in _as_dicts(header, replayed)}

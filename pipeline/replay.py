@@ -459,21 +459,27 @@ def load_tables(tables_dir) -> dict:
         >>> tables = load_tables(Path("data/tables"))
         >>> tables["scores_long"].groupby("evaluation_llm").score.mean()
     """
-    import pandas as pd  # only report code needs pandas
-
     tables = {}
     for name in TABLES:
         path = Path(tables_dir) / f"{name}.csv"
         if not path.exists():
             raise StoreError(f"{path} is missing; run `daydream replay` to build the tables")
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-        if name in _NUMERIC:
-            numeric = [c for c in df.columns if c in _NUMERIC[name]]
-        else:  # pivots: every column after the index is a number
-            numeric = [c for c in df.columns if c not in PIVOT_INDEX and c != "evaluation_template"]
-        for column in numeric:
-            df[column] = pd.to_numeric(df[column])
-        if "will_retry" in df.columns:
-            df["will_retry"] = df["will_retry"].map({"true": True, "false": False})
-        tables[name] = df
+        tables[name] = parse_table(name, path)
     return tables
+
+
+def parse_table(name, source):
+    """Table ``name`` as load_tables types it, from a path or a file object holding its CSV
+    (pipeline.reports hands in just a cohort's rows)."""
+    import pandas as pd  # only report code needs pandas
+
+    df = pd.read_csv(source, dtype=str, keep_default_na=False, na_values=[""])
+    if name in _NUMERIC:
+        numeric = [c for c in df.columns if c in _NUMERIC[name]]
+    else:  # pivots: every column after the index is a number
+        numeric = [c for c in df.columns if c not in PIVOT_INDEX and c != "evaluation_template"]
+    for column in numeric:
+        df[column] = pd.to_numeric(df[column])
+    if "will_retry" in df.columns:
+        df["will_retry"] = df["will_retry"].map({"true": True, "false": False})
+    return df

@@ -13,6 +13,7 @@ The functions in between (generation_pivot, score_stats, variance_by_axis, ...) 
 plain DataFrames, for notebooks.
 """
 import csv
+import io
 import math
 import numbers
 import re
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import csv_lines
 from .combos import read_mappings
 from .errors import PipelineError, StoreError
 from .fsio import write_if_changed
 from .membership import read_membership
 from .stages import STAGES
-from .replay import PIVOT_INDEX, TABLES, load_tables
+from .replay import PIVOT_INDEX, TABLES, load_tables, parse_table
 
 TOP_N = 5
 TEMPLATE_AXES = ("draft_template", "essay_template", "evaluation_template")
@@ -42,6 +44,8 @@ MAX_MARKDOWN_ROWS = 50   # longer tables are cut in summary.md; the CSVs hold ev
 MAX_FAILURES = 20
 EXCERPT_CHARS = 300
 # text columns of scores_long; a missing id becomes "" so it groups as a level of its own
+# the tables cohort_data reads, each with the column of its gen_id; all but llm_calls are sorted by it
+_COHORT_TABLES = {"generation_results": 0, "evaluation_results": 0, "scores_long": 0, "llm_calls": 2}
 _SCORE_IDS = ("gen_id", "essay_gen_id", "draft_gen_id", "combo_id", "draft_template", "draft_llm",
               "essay_template", "essay_llm", "evaluation_template", "evaluation_llm")
 
@@ -65,10 +69,28 @@ class CohortData:
 def read_tables(paths) -> dict:
     """load_tables with a message saying what to run when the tables are not there yet."""
     for name in TABLES:
-        path = Path(paths.tables_dir) / f"{name}.csv"
-        if not path.exists():
-            raise StoreError(f"{path} is missing: run `daydream replay` first")
+        _table_path(paths, name)
     return load_tables(paths.tables_dir)
+
+
+def _table_path(paths, name) -> Path:
+    path = Path(paths.tables_dir) / f"{name}.csv"
+    if not path.exists():
+        raise StoreError(f"{path} is missing: run `daydream replay` first")
+    return path
+
+
+def read_cohort_tables(paths, members) -> dict:
+    """The tables cohort_data reads, typed as load_tables types them, with just the rows of
+    ``members`` (read_membership rows): on a long history a cohort's report parses its own rows,
+    not everyone's (pipeline.csv_lines finds them)."""
+    ids = [str(r["gen_id"]).encode("utf-8") for r in members]
+    tables = {}
+    for name, column in _COHORT_TABLES.items():
+        data = csv_lines.mapped(_table_path(paths, name))
+        rows = csv_lines.select(data, ids, column, sorted_by_key=column == 0)
+        tables[name] = parse_table(name, io.BytesIO(data if rows is None else rows))
+    return tables
 
 
 def cohort_members(paths, cohort_id) -> list:
@@ -315,12 +337,12 @@ def _excerpt(text, limit=EXCERPT_CHARS) -> str:
 
 def write_cohort_report(paths, cohort_id, tables=None) -> Path:
     """Write the cohort's report files (module docstring) and return the path of summary.md.
-    ``tables``: read_tables(paths), when the caller has them already.
+    ``tables``: read_cohort_tables (or read_tables), when the caller has them already.
 
     Works for a cohort without scores or without an evaluation stage: summary.md says so and
     the score tables hold just their header."""
     members = cohort_members(paths, cohort_id)
-    data = cohort_data(read_tables(paths) if tables is None else tables, cohort_id, members)
+    data = cohort_data(read_cohort_tables(paths, members) if tables is None else tables, cohort_id, members)
     scores = data.scores
     combos = {cid: info["concepts"] for cid, info in read_mappings(paths.combo_mappings_csv).items()}
     top = top_essays(scores, TOP_N, combos)

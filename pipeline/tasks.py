@@ -240,7 +240,7 @@ class ReplayResults(_RunTask):
         state = self.log_state or store.log_state(self.paths)
         remove_stale_tmp(self.paths.tables_dir)
         stats = replay(self.paths.events_dir, self.paths.tables_dir)
-        write_cross_experiment_tables(self.paths.data_root, self.paths.tables_dir)
+        write_cross_experiment_tables(self.paths.data_root, self.paths.tables_dir, stats)
         write_text_atomic(self.output().path, state + "\n")
         self.set_status_message(str(stats))
 
@@ -260,12 +260,12 @@ class CohortReport(_RunTask):
     def run(self):
         from .html_report import write_cohort_html
         from .original_tables import write_cohort_tables
-        from .reports import read_tables, write_cohort_report
+        from .reports import cohort_members, read_cohort_tables, write_cohort_report
 
         paths = self.paths
         for folder in (paths.reports_dir(self.cohort_id), paths.results_dir(self.cohort_id)):
             remove_stale_tmp(folder)
-        tables = read_tables(paths)   # once for both reports: whole-history tables are slow to parse
+        tables = read_cohort_tables(paths, cohort_members(paths, self.cohort_id))   # once for both reports
         write_cohort_report(paths, self.cohort_id, tables)
         write_cohort_tables(paths, self.cohort_id)
         write_cohort_html(paths, self.cohort_id, tables)

@@ -4,13 +4,17 @@ Expected values are worked out by hand from the formulas of ORIGINAL_OUTPUTS.md 
 headers below are the spec's, and test_headers_are_the_specs checks them against the document."""
 import csv
 import math
+import random
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.original_tables import (AGGREGATED_COLUMNS, ROW_LINES, evaluation_model_template_pivot, final_results,
+from pipeline import original_tables
+from pipeline.original_tables import (AGGREGATED_COLUMNS, CROSS_STATE, evaluation_model_template_pivot, final_results,
                                       generation_scores, normalized_frame, normalized_rows,
                                       perfect_score_paths, rank_essays, read_back,
                                       scores_by_template_model, to_csv_text, variance_analysis,
@@ -131,29 +135,153 @@ def test_cross_experiment_tables_sorted_by_gen_id_and_empty_ones_removed(tmp_pat
     assert not list(out.iterdir())
 
 
-def test_cross_experiment_tables_from_kept_row_lines_equal_pandas_over_every_row(tmp_path):
-    """The rows' rendered lines are kept between runs (ROW_LINES): after rows are added, changed,
-    dropped, or a cell holds a line break, the files are still pandas' text over every row."""
-    data = tmp_path / "data"
-    out = data / "7_cross_experiment"
+def history(seed, n, templates=("t0", "t1", "t2"), models=("j0", "j1", "j2"), start=0):
+    """Evaluation rows of many tasks (several essays each), 9 score columns, a spread of
+    unrounded scores, missing scores and rows without an essay template (dropped by the pivot)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(start, start + n):
+        essay = f"e{rng.randrange(40)}"
+        score = None if rng.random() < 0.1 else round(rng.uniform(0, 10), rng.choice((1, 3, 7)))
+        r = row(f"v_{i:05d}", essay, rng.choice(templates), rng.choice(models), score,
+                combo=f"c{int(essay[1:]) % 7}", essay_template=f"et{int(essay[1:]) % 3}",
+                essay_llm=f"m{int(essay[1:]) % 2}", origin=f"coh{rng.randrange(3)}")
+        r["essay_origin_cohort_id"] = f"ecoh{int(essay[1:]) % 4}"
+        if rng.random() < 0.05:
+            r["essay_template"] = None
+        rows.append(r)
+    return rows
 
-    def check(evaluations):
-        write_evaluation_results(data / "tables", evaluations)
-        write_cross_experiment_tables(data, data / "tables")
-        text = (data / "tables" / "evaluation_results.csv").read_text(encoding="utf-8")
-        replayed = [{k: v or None for k, v in r.items()} for r in csv.DictReader(text.splitlines(True))]
-        rows = normalized_rows(sorted(replayed, key=lambda ev: ev["gen_id"]), data)
-        assert (out / "aggregated_scores.csv").read_text() == to_csv_text(normalized_frame(rows, AGGREGATED_COLUMNS))
-        assert (out / "filtered_evaluation_results.csv").read_text() == to_csv_text(normalized_frame(rows))
 
-    many = [row(f"v_{i:03d}", f"e{i % 7}", f"t{i % 3}", "j1", i % 10 + 0.5 if i % 4 else None) for i in range(60)]
-    check(many)
-    assert (data / "tables" / ROW_LINES).exists()
-    check(many[5:] + [row("v_new", "e1", "t0", "j2", 7.25), row("v_004", "e1", "t0", "j1", 3.0)])
-    check([dict(r, combo_id="c,1") for r in many[:10]] + many[10:])   # quoted cells
-    check(many + [row("v_nl", "e1", "t0", "j1", 1.0, combo="two\nlines")])   # lines not per row: pandas
-    (data / "tables" / ROW_LINES).write_bytes(b"garbage" * 10)   # a damaged file: rendered again
-    check(many)
+class Replays:
+    """Successive replayed evaluation tables of one data/, each handed to
+    write_cross_experiment_tables with the delta and versions a replay would give."""
+
+    def __init__(self, data, monkeypatch):
+        self.data, self.version, self.rows, self.full_builds = data, 0, {}, 0
+        real = original_tables._build
+
+        def counted(*args):
+            self.full_builds += 1
+            return real(*args)
+        monkeypatch.setattr(original_tables, "_build", counted)
+
+    def replay(self, rows, version_before=None):
+        new = {r["gen_id"]: r for r in rows}
+        changed = sorted(g for g in self.rows.keys() | new.keys() if self.rows.get(g) != new.get(g))
+        # as replay hands them over: tuples in column order, scores as floats, None for a removed row
+        delta = {g: None if g not in new else tuple(
+            float(v) if c == "score" and v is not None else v for c, v in
+            ((c, new[g].get(c)) for c in COLUMNS["evaluation_results"])) for g in changed}
+        write_evaluation_results(self.data / "tables", sorted(rows, key=lambda r: r["gen_id"]))
+        before = str(self.version) if version_before is None else version_before
+        self.version += 1
+        self.rows = new
+        builds = self.full_builds
+        write_cross_experiment_tables(self.data, self.data / "tables", SimpleNamespace(
+            delta={"evaluation_results": delta}, version_before=before, version_after=str(self.version)))
+        return self.full_builds > builds
+
+    def files(self):
+        out = self.data / "7_cross_experiment"
+        return {p.name: p.read_bytes() for p in sorted(out.iterdir())} if out.exists() else {}
+
+    def full_build(self):
+        """The files a full build writes for the current table (in the same data/, so the same
+        absolute paths); the updated files and their state are put back afterwards."""
+        aside = self.data.parent / "aside"
+        aside.mkdir()
+        out, state = self.data / "7_cross_experiment", self.data / "tables" / CROSS_STATE
+        for path in (out, state):
+            if path.exists():
+                shutil.move(path, aside / path.name)
+        builds = self.full_builds
+        write_cross_experiment_tables(self.data, self.data / "tables")
+        self.full_builds = builds
+        files = self.files()
+        shutil.rmtree(out, ignore_errors=True)
+        for path in aside.iterdir():
+            shutil.move(path, self.data / ("tables" if path.name == CROSS_STATE else "") / path.name)
+        aside.rmdir()
+        return files
+
+
+def test_cross_experiment_tables_updated_from_replay_deltas_equal_a_full_build(tmp_path, monkeypatch):
+    """Each replay's delta is applied to the files in place (no full build), and the files are
+    byte for byte those of a full build: rows added, removed, re-scored or failed by a re-parse,
+    an essay's origin changed, new and vanished evaluation templates/models, quoted cells."""
+    replays = Replays(tmp_path / "data", monkeypatch)
+    rows = history(0, 300)
+    assert replays.replay(rows)   # the first: nothing to update
+    assert len(replays.files()) == 3
+    rng = random.Random(1)
+
+    def step(rows, note):
+        assert not replays.replay(rows), f"{note}: full build instead of an update"
+        assert replays.files() == replays.full_build(), note
+
+    step(rows + history(2, 25, start=1000), "new rows, in old and new tasks")
+    rows = rows + history(2, 25, start=1000)
+    rescored = [dict(r, score=None if rng.random() < 0.3 else str(round(rng.uniform(0, 10), 2)))
+                if i % 9 == 0 else r for i, r in enumerate(rows)]
+    step(rescored[::2] + rescored[1::2][10:], "re-parsed scores, some failed; rows removed")
+    rows = rescored[::2] + rescored[1::2][10:]
+    novel = history(3, 12, templates=("t_new",), models=("j_new", "j0"), start=2000)
+    step(rows + novel, "a new evaluation template and model: new columns")
+    rows = rows + novel
+    rows = [r for r in rows if r["evaluation_llm"] != "j_new"]
+    step(rows, "the rows of a model removed: its columns go")
+    rows = [dict(r, essay_origin_cohort_id="moved") if r["essay_gen_id"] == "e3" else r for r in rows]
+    step(rows, "an essay's creator cohort changed")
+    rows = [dict(r, combo_id="c,1", essay_template=None) if r["essay_gen_id"] == "e4" else r for r in rows]
+    step(rows + [dict(row("v_q", "e5", "t0", "j1", 2.5), draft_template='say "hi"', essay_origin_cohort_id="ecoh1")], "quoted cells")
+    rows = [r for r in rows if r["essay_gen_id"] != "e5"]
+    step(rows, "a task's rows all removed")
+    lone = dict(row("v_lone", "e_lone", "t_lone", "j0", 5.5, combo="c_lone"), essay_origin_cohort_id="x")
+    step(rows + [lone], "a new column in a new task")
+    step(rows, "that task and column gone")
+    assert replays.replay(rows[:5] + history(4, 5, start=3000), version_before="not-the-files'")
+    assert replays.files() == replays.full_build(), "a version mismatch (a crash in between): full build"
+
+
+def test_cross_experiment_tables_fall_back_on_a_full_build(tmp_path, monkeypatch):
+    """A line break in a cell, files changed by hand or a replay without a delta: a full build,
+    with the right bytes."""
+    replays = Replays(tmp_path / "data", monkeypatch)
+    rows = history(5, 80)
+    replays.replay(rows)
+    broken = rows + [row("v_nl", "e1", "t0", "j1", 1.0, combo="two\nlines")]
+    assert replays.replay(broken)
+    assert replays.files() == replays.full_build()
+    assert replays.replay(rows)   # the files of a line break were not kept for updates
+    assert replays.files() == replays.full_build()
+    assert not replays.replay(rows[1:])
+    path = tmp_path / "data" / "7_cross_experiment" / "aggregated_scores.csv"
+    path.write_bytes(path.read_bytes()[:-30])   # a hand edit
+    assert replays.replay(rows[2:])
+    assert replays.files() == replays.full_build()
+    assert replays.replay([])   # no rows: no files
+    assert replays.files() == {}
+
+
+def test_cross_experiment_tables_after_a_crash_in_the_middle_of_an_update(tmp_path, monkeypatch):
+    """Killed after some files were updated and before the others: the next replay's delta is
+    not applied to that mix; the files are built again, right."""
+    replays = Replays(tmp_path / "data", monkeypatch)
+    rows = history(6, 120)
+    replays.replay(rows)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(original_tables, "write_text_atomic", killed)   # the pivot, written last
+        with pytest.raises(KeyboardInterrupt):
+            replays.replay(rows + history(7, 10, start=500))
+    assert not (tmp_path / "data" / "tables" / CROSS_STATE).exists()
+    assert replays.replay(rows[3:] + history(7, 10, start=500))
+    assert replays.files() == replays.full_build()
+    assert not replays.replay(rows[4:] + history(7, 10, start=500))   # and updates again after that
+    assert replays.files() == replays.full_build()
 
 
 def test_write_table_skips_empty_frames(tmp_path):

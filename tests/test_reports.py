@@ -1,16 +1,17 @@
 import csv
 import re
+import shutil
 
 import pandas as pd
 import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.events import EventLog
-from pipeline.membership import MEMBERSHIP_FIELDS
+from pipeline.membership import MEMBERSHIP_FIELDS, read_membership
 from pipeline.paths import Paths
 from pipeline.replay import replay
-from pipeline.reports import (compare_cohorts, markdown_table, top_essays, variance_by_axis,
-                              write_cohort_report)
+from pipeline.reports import (compare_cohorts, markdown_table, read_cohort_tables, read_tables, top_essays,
+                              variance_by_axis, write_cohort_report)
 
 
 def draft(gen_id, combo, template="tD", llm="lA"):
@@ -230,6 +231,20 @@ def test_report_is_deterministic(report_a, paths):
     assert {p.name: p.read_bytes() for p in reports.iterdir()} == before
     for content in before.values():
         assert not re.search(rb"\d{4}-\d\d-\d\d", content)  # no timestamps
+
+
+def test_report_from_the_cohorts_rows_equals_the_report_from_every_row(paths, tmp_path):
+    """write_cohort_report reads only the members' rows (read_cohort_tables); the files are those
+    made from the whole tables."""
+    reports = paths.reports_dir("B")
+    write_cohort_report(paths, "B", read_tables(paths))
+    whole = {p.name: p.read_bytes() for p in reports.iterdir()}
+    shutil.rmtree(reports)
+    write_cohort_report(paths, "B")
+    assert {p.name: p.read_bytes() for p in reports.iterdir()} == whole
+    tables = read_cohort_tables(paths, read_membership(paths.membership_csv("B")))
+    assert set(tables["llm_calls"]["gen_id"]) <= {m["gen_id"] for m in COHORTS["B"]}
+    assert len(tables["generation_results"]) == 5 < len(read_tables(paths)["generation_results"])
 
 
 def test_cohort_without_scores_or_evaluations(paths):
