@@ -1,10 +1,20 @@
 """How long does RunCohort take for big cohorts against an LLM that answers instantly?
 
     $ python bench/scale_bench.py [--sizes 1k,10k] [--workers 1] [--chunk-size N] [--no-naive] [--keep DIR]
+                                  [--profile FILE]
 
 For each size, builds a temp project (luigi.cfg, a cohort spec over the demo catalog with paid
 models), starts ``python -m tests.support.stub_server`` (latency 0) and times, as subprocesses:
 ``luigi --module pipeline RunCohort`` (first run), then the same command again (no-op rerun).
+
+Pipeline time per generation (issue 11's target, <= 4 ms at 1k with --workers 1) is read from the
+first run's event log: the span from the first to the last ``generation_completed`` event of the
+cohort, divided by the generations completed in between (their count minus one). It counts all
+that the pipeline does per generation between those two moments - Luigi scheduling of the chunks,
+completion checks, claims, prompt rendering, the HTTP round trip to the stub (which answers at
+once), parsing, file writes and fsyncs, events - and leaves out the fixed costs before the first
+generation (interpreter and imports, BuildCohort) and after the last (replay, reports).
+``--profile FILE`` runs the first RunCohort under cProfile (its times are then not comparable).
 For the 1k size it also times the naive flat design - one WrapperTask requiring every
 EvaluationTask (``NaiveCohort`` below) - so the chunked/naive ratio is printed. The server's
 count file checks exactly one LLM request per LLM generation, and none on the rerun.
@@ -14,6 +24,7 @@ import argparse
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import luigi
@@ -23,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.tasks import EvaluationTask  # noqa: E402
-from tests.support.project import command_env, make_project, timed_luigi, write_spec  # noqa: E402
+from tests.support.project import (command_env, make_project, output_of, run_luigi, timed_luigi,  # noqa: E402
+                                   write_spec)
 from tests.support.stub_server import StubProcess  # noqa: E402
 CONCEPTS = ["idle-recombination", "critic-filter", "memory-consolidation", "feedback-flywheel",
             "search-over-ideas", "proprietary-data-moat", "background-compute"]
@@ -77,15 +89,43 @@ def counts(project, cohort_id: str) -> dict:
     return out
 
 
-def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
+def generation_window(project, cohort_id: str) -> tuple:
+    """(seconds from the first to the last generation_completed of the cohort, their count)."""
+    from datetime import datetime
+
+    stamps = sorted(e["ts"] for e in project.events()
+                    if e["type"] == "generation_completed" and e.get("cohort_id") == cohort_id)
+    if len(stamps) < 2:
+        return 0.0, len(stamps)
+    first, last = (datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ") for t in (stamps[0], stamps[-1]))
+    return (last - first).total_seconds(), len(stamps)
+
+
+def profiled_luigi(project, task, *args, workers, base_url, out) -> float:
+    """timed_luigi's run with cProfile writing ``out``; its wall time."""
+    started = time.perf_counter()
+    result = run_luigi(project, task, *args, "--no-lock", "--workers", str(workers), "--log-level", "WARNING",
+                       base_url=base_url, timeout=None, fast_retries=False,
+                       prefix=[sys.executable, "-m", "cProfile", "-o", str(Path(out).resolve())])
+    if result.returncode != 0:
+        raise RuntimeError(output_of(result))
+    return time.perf_counter() - started
+
+
+def bench_chunked(workdir: Path, size: str, workers: int, chunk_size, profile=None) -> dict:
     cohort_id = f"scale-{size}"
     settings = {"chunk_size": chunk_size} if chunk_size else {}
     project = make_project(workdir / f"chunked-{size}", **settings)
     write_spec(project, cohort_id, spec_yaml(*SIZES[size]))
     server = StubProcess(project.root / "requests.tsv", "--latency", "0", env=command_env())
     try:
-        first = timed_luigi(project, "RunCohort", "--cohort-id", cohort_id, workers=workers,
-                            base_url=server.base_url)
+        if profile:
+            first = profiled_luigi(project, "RunCohort", "--cohort-id", cohort_id, workers=workers,
+                                   base_url=server.base_url, out=profile)
+        else:
+            first = timed_luigi(project, "RunCohort", "--cohort-id", cohort_id, workers=workers,
+                                base_url=server.base_url)
+        window_s, completed = generation_window(project, cohort_id)
         after_first = len(server.statuses())
         rerun = timed_luigi(project, "RunCohort", "--cohort-id", cohort_id, workers=workers,
                             base_url=server.base_url)
@@ -94,7 +134,8 @@ def bench_chunked(workdir: Path, size: str, workers: int, chunk_size) -> dict:
         server.close()
     n = counts(project, cohort_id)
     return {"size": size, **n, "first_s": first, "s_per_1k": 1000 * first / n["generations"],
-            "rerun_s": rerun, "requests_first": after_first, "requests_rerun": after_rerun - after_first}
+            "window_s": window_s, "ms_per_gen": 1000 * window_s / max(completed - 1, 1), "rerun_s": rerun,
+            "requests_first": after_first, "requests_rerun": after_rerun - after_first}
 
 
 def bench_naive(workdir: Path, size: str, workers: int) -> dict:
@@ -136,6 +177,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--chunk-size", type=int, default=None, help="default: luigi.cfg [pipeline] chunk_size")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive flat baseline")
     ap.add_argument("--keep", default=None, help="keep the projects in this folder")
+    ap.add_argument("--profile", default=None, help="cProfile the first RunCohort into this file")
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes if s not in SIZES]
@@ -146,9 +188,10 @@ def main(argv=None) -> dict:
     try:
         results = []
         for size in sizes:
-            r = bench_chunked(workdir, size, args.workers, args.chunk_size)
+            r = bench_chunked(workdir, size, args.workers, args.chunk_size, args.profile)
             results.append(r)
-            print(f"{size}: first run {r['first_s']:.1f} s, rerun {r['rerun_s']:.1f} s", file=sys.stderr)
+            print(f"{size}: first run {r['first_s']:.1f} s ({r['ms_per_gen']:.2f} ms per generation), "
+                  f"rerun {r['rerun_s']:.1f} s", file=sys.stderr)
         naive = None if args.no_naive else bench_naive(workdir, "1k", args.workers)
     finally:
         if not args.keep:
@@ -163,6 +206,9 @@ def main(argv=None) -> dict:
             ok = False
             print(f"WRONG: {r['size']}: {r['requests_first']} LLM requests for {r['llm_generations']} LLM "
                   f"generations, {r['requests_rerun']} on the rerun (expected 0)")
+    for r in results:
+        print(f"pipeline time per generation at {r['size']}: {r['ms_per_gen']:.2f} ms "
+              f"({r['window_s']:.2f} s from the first to the last generation_completed)")
     chunked_1k = next((r for r in results if r["size"] == "1k"), None)
     ratio = None
     if naive and chunked_1k:

@@ -187,30 +187,72 @@ def release(claim, done):
         write_bytes_atomic(claim.path, _dump(claim.doc).encode("utf-8"), fsync=False)
 
 
+class _Renewer:
+    """The one thread of a process that renews the leases of every claim the process holds, each
+    every lease/3 seconds (a thread per claim cost more than a small generation's own work)."""
+
+    def __init__(self):
+        self.lock = threading.Condition()
+        self.claims = {}      # Claim -> (lease_s, when it is next due)
+        self.thread = None
+
+    def add(self, claim, lease_s):
+        with self.lock:
+            self.claims[claim] = (lease_s, time.monotonic() + _period(lease_s))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="claim-renewer", daemon=True)
+                self.thread.start()
+            self.lock.notify()
+
+    def remove(self, claim):
+        # under the lock: once this returns, the claim is never renewed again
+        with self.lock:
+            self.claims.pop(claim, None)
+
+    def _loop(self):
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                for claim, (lease_s, due) in list(self.claims.items()):
+                    if due <= now and not self._renew(claim, lease_s):
+                        del self.claims[claim]
+                    elif due <= now:
+                        self.claims[claim] = (lease_s, now + _period(lease_s))
+                next_due = min((due for _, due in self.claims.values()), default=None)
+                self.lock.wait(None if next_due is None else max(next_due - time.monotonic(), 0))
+
+    @staticmethod
+    def _renew(claim, lease_s) -> bool:
+        try:
+            if renew(claim, lease_s):
+                return True
+            log.warning("%s: claim lost to another process (its lease ran out)", claim.path)
+        except StoreError as exc:
+            log.warning("%s; the claim ends with its lease", exc)
+        return False
+
+
+def _period(lease_s):
+    return max(lease_s / 3, 0.05)
+
+
+_RENEWER = [_Renewer()]
+# a forked child holds none of its parent's claims, and has none of its threads
+os.register_at_fork(after_in_child=lambda: _RENEWER.__setitem__(0, _Renewer()))
+
+
 @contextmanager
 def held(gen_dir, lease_s, run_id="", done=lambda: False):
-    """Hold the claim on ``gen_dir`` for the body, renewing its lease every lease/3 seconds.
+    """Hold the claim on ``gen_dir`` for the body, its lease renewed every lease/3 seconds.
 
     ``done()`` is asked on the way out: True when the generation's output exists."""
     claim = acquire(gen_dir, lease_s, run_id)
-    stop = threading.Event()
-
-    def keep_renewing():
-        try:
-            while not stop.wait(max(lease_s / 3, 0.05)):
-                if not renew(claim, lease_s):
-                    log.warning("%s: claim lost to another process (its lease ran out)", claim.path)
-                    return
-        except StoreError as exc:
-            log.warning("%s; the claim ends with its lease", exc)
-
-    renewer = threading.Thread(target=keep_renewing, name=f"claim-{Path(gen_dir).name}", daemon=True)
-    renewer.start()
+    renewer = _RENEWER[0]
+    renewer.add(claim, lease_s)
     try:
         yield claim
     finally:
-        stop.set()
-        renewer.join()
+        renewer.remove(claim)
         try:
             release(claim, done())
         except StoreError as exc:

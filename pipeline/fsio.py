@@ -3,11 +3,11 @@
     >>> write_text_atomic(path, "hello")          # replace
     >>> write_text_once(path, "paid response")    # refuses to replace
 """
+import itertools
 import json
 import os
 import re
 import socket
-import tempfile
 from pathlib import Path
 
 from .errors import StoreError
@@ -17,36 +17,40 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40]
 _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
 
 
-def _umask() -> int:
-    # read without setting it: os.umask() can only be read by changing it, a race with other threads
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+_SEQ = itertools.count()  # with the pid, names this process's temp files apart (next() is atomic)
 
 
 def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
     # the writer's host and pid in the name let remove_stale_tmp() tell leftovers of a killed
-    # writer from files being written right now
-    tmp = None
+    # writer from files being written right now. os.open with mode 0o666 gives the file what the
+    # umask allows (0644 usually), as open() would, so a data/ shared by several users stays
+    # readable; O_EXCL never reuses a leftover of an earlier process that had this pid.
+    prefix = f"{os.fspath(path.parent)}/.{path.name}."
+    suffix = f".tmp-{_HOST}-{os.getpid()}"
+    tmp, made_folder = None, False
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp-{_HOST}-{os.getpid()}",
-                                   dir=path.parent)
-        # mkstemp creates 0600; outputs get what open() would give them (0644 under the usual
-        # umask), so a data/ shared by several users or machines stays readable
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        while True:
+            candidate = f"{prefix}{next(_SEQ)}{suffix}"
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if made_folder:
+                    raise
+                path.parent.mkdir(parents=True, exist_ok=True)  # only the first write in a folder
+                made_folder = True
+                continue
+            tmp = candidate
+            break
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if fsync:
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
     except BaseException as exc:
         if tmp is not None:
             os.unlink(tmp)
