@@ -66,22 +66,27 @@ class ClaimedElsewhere(Exception):
 
 
 class Claim:
-    """A claim this process holds: ``path`` is its file, ``doc`` what it says."""
+    """A claim this process holds: ``path`` is its file, ``doc`` what it says, ``names`` the folder's
+    listing that found it free (the owner may clean up after dead writers from it)."""
 
-    def __init__(self, path, doc):
-        self.path, self.doc = Path(path), doc
+    def __init__(self, path, doc, names=()):
+        self.path, self.doc, self.names = Path(path), doc, names
 
     @property
     def number(self):
         return int(_NAME.match(self.path.name)[1])
 
 
-def _claims(gen_dir):
-    """[(n, path)] of the claim files in ``gen_dir``, highest n first."""
+def _listdir(gen_dir):
     try:
-        names = os.listdir(gen_dir)
+        return os.listdir(gen_dir)
     except FileNotFoundError:
         return []
+
+
+def _claims(gen_dir, names=None):
+    """[(n, path)] of the claim files in ``gen_dir`` (or among ``names``, its listing), highest n first."""
+    names = _listdir(gen_dir) if names is None else names
     found = [(int(m[1]), Path(gen_dir) / name) for name in names if (m := _NAME.match(name))]
     return sorted(found, reverse=True)
 
@@ -120,10 +125,19 @@ def holder(gen_dir, now=None):
     return None
 
 
+_OWN_START = [None, None]  # [pid, its process_start]: read from /proc once per process
+
+
+def _own_start():
+    if _OWN_START[0] != os.getpid():
+        _OWN_START[:] = [os.getpid(), process_start(os.getpid())]
+    return _OWN_START[1]
+
+
 def _doc(lease_s, run_id):
     now = time.time()
     return {"host": HOST, "boot_id": _MACHINE[0], "pid_ns": _MACHINE[1], "pid": os.getpid(),
-            "pid_start": process_start(os.getpid()), "run_id": run_id, "token": uuid.uuid4().hex,
+            "pid_start": _own_start(), "run_id": run_id, "token": uuid.uuid4().hex,
             "lease_s": lease_s, "claimed_at": now, "expires_at": now + lease_s}
 
 
@@ -135,7 +149,8 @@ def acquire(gen_dir, lease_s, run_id="") -> Claim:
     """Claim ``gen_dir`` for this process, or raise ClaimedElsewhere naming the live owner."""
     gen_dir = Path(gen_dir)
     while True:
-        current = _claims(gen_dir)[:1]
+        names = _listdir(gen_dir)
+        current = _claims(gen_dir, names)[:1]
         top, doc = (current[0][0], _load(current[0][1])) if current else (0, {})
         while doc is not None:
             if is_live(doc):
@@ -143,10 +158,11 @@ def acquire(gen_dir, lease_s, run_id="") -> Claim:
             mine = _doc(lease_s, run_id)
             path = gen_dir / f"claim.{top + 1}.json"
             if write_text_once(path, _dump(mine), fsync=False):
-                for _, older in _claims(gen_dir):
+                # claim 1 has no older ones to remove: nobody claimed this folder before
+                for _, older in _claims(gen_dir) if top else ():
                     if older != path:
                         _unlink(older)  # superseded: only stale claims are ever older
-                return Claim(path, mine)
+                return Claim(path, mine, names)
             # another process created that claim first: judge it (no need to trust a directory listing)
             top, doc = top + 1, _load(path)
         # a claim vanished under our feet (its owner finished): look again
@@ -178,11 +194,9 @@ def release(claim, done):
     """End the claim. ``done``: the generation's output is saved, so the file can go (anyone who
     claims it later sees the output and stops). Otherwise the file stays, with its lease ended,
     so that claim numbers keep growing and a later claim can never be mistaken for this one."""
-    if not still_mine(claim):
-        return
     if done:
-        _unlink(claim.path)
-    else:
+        _unlink(claim.path)  # a newer claim (ours was superseded) would have removed it anyway
+    elif still_mine(claim):
         claim.doc = {**claim.doc, "expires_at": time.time(), "released": True}
         write_bytes_atomic(claim.path, _dump(claim.doc).encode("utf-8"), fsync=False)
 

@@ -3,6 +3,8 @@
     >>> write_text_atomic(path, "hello")          # replace
     >>> write_text_once(path, "paid response")    # refuses to replace
 """
+import ctypes
+import errno
 import itertools
 import json
 import os
@@ -61,13 +63,15 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
     return tmp
 
 
-def remove_stale_tmp(folder) -> int:
-    """Delete temporary files left in ``folder`` by writers on this host that are no longer running."""
+def remove_stale_tmp(folder, names=None) -> int:
+    """Delete temporary files left in ``folder`` by writers on this host that are no longer running.
+    ``names``: the folder's listing, if the caller has just made one."""
     removed = 0
-    try:
-        names = os.listdir(folder)
-    except FileNotFoundError:
-        return 0
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except FileNotFoundError:
+            return 0
     for name in names:
         m = _TMP.match(name)
         if not m or m["host"] != _HOST or _alive(int(m["pid"])):
@@ -113,10 +117,14 @@ def write_json_atomic(path, obj, fsync: bool = True) -> None:
 def write_text_once(path, text: str, fsync: bool = True) -> bool:
     """Create ``path`` with ``text`` unless it exists. Returns True if this call wrote it.
 
-    Used for paid LLM responses and claims: os.link fails if the target exists, so two writers
+    Used for paid LLM responses and claims: the temp file is renamed in with RENAME_NOREPLACE (or,
+    where the system lacks that, linked in), which fails if the target exists, so two writers
     racing can never overwrite each other."""
     path = Path(path)
     tmp = _write_tmp(path, text.encode("utf-8"), fsync)
+    moved = _rename_noreplace(tmp, path)
+    if moved is not None:
+        return moved
     try:
         os.link(tmp, path)
         return True
@@ -124,6 +132,37 @@ def write_text_once(path, text: str, fsync: bool = True) -> bool:
         return False
     finally:
         os.unlink(tmp)
+
+
+def _renameat2():
+    try:
+        func = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return func
+
+
+_RENAMEAT2 = _renameat2()
+_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+
+
+def _rename_noreplace(tmp, path):
+    """Move ``tmp`` to ``path`` unless ``path`` exists (True; False and ``tmp`` removed if it does);
+    None where the system or file system cannot (``tmp`` is then left for the caller). One call
+    instead of link + unlink: a file operation less per paid answer and per claim."""
+    if _RENAMEAT2 is None:
+        return None
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        os.unlink(tmp)
+        return False
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return None
+    os.unlink(tmp)
+    raise OSError(err, os.strerror(err), str(path))
 
 
 def write_if_changed(path, text: str, fsync: bool = True) -> bool:

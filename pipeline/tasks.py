@@ -141,11 +141,16 @@ class _GenerationTask(_RunTask):
         except PipelineError:
             return None
 
-    def requires(self):
+    @functools.cached_property
+    def _requirements(self):
+        # luigi asks requires() several times per task; the parent never changes
         if self.parent_task is None or self.meta is None:
             return []
         return self.parent_task(gen_id=self.meta["parent_gen_id"], cohort_id=self.cohort_id,
                                 keep_going=self.keep_going, run_id=self.run_id)
+
+    def requires(self):
+        return self._requirements
 
     @property
     def resources(self):
