@@ -16,6 +16,7 @@ of machines sharing data/ must therefore agree to well within the lease (NTP doe
 """
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -209,14 +210,17 @@ class _Renewer:
         self.lock = threading.Condition()
         self.claims = {}      # Claim -> (lease_s, when it is next due)
         self.thread = None
+        self.wakes_at = math.inf  # when the thread looks next, if it is waiting
 
     def add(self, claim, lease_s):
         with self.lock:
-            self.claims[claim] = (lease_s, time.monotonic() + _period(lease_s))
+            due = time.monotonic() + _period(lease_s)
+            self.claims[claim] = (lease_s, due)
             if self.thread is None:
                 self.thread = threading.Thread(target=self._loop, name="claim-renewer", daemon=True)
                 self.thread.start()
-            self.lock.notify()
+            if due < self.wakes_at:  # else it wakes in time anyway: no thread switch per claim
+                self.lock.notify()
 
     def remove(self, claim):
         # under the lock: once this returns, the claim is never renewed again
@@ -232,8 +236,9 @@ class _Renewer:
                         del self.claims[claim]
                     elif due <= now:
                         self.claims[claim] = (lease_s, now + _period(lease_s))
-                next_due = min((due for _, due in self.claims.values()), default=None)
-                self.lock.wait(None if next_due is None else max(next_due - time.monotonic(), 0))
+                self.wakes_at = min((due for _, due in self.claims.values()), default=math.inf)
+                # add() runs only while this waits (it needs the lock), so wakes_at is always current
+                self.lock.wait(None if self.wakes_at == math.inf else max(self.wakes_at - time.monotonic(), 0))
 
     @staticmethod
     def _renew(claim, lease_s) -> bool:
