@@ -137,7 +137,7 @@ def write_text_once(path, text: str, fsync: bool = True) -> bool:
 def _renameat2():
     try:
         func = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # not Linux (or a libc without it)
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     return func
