@@ -83,6 +83,7 @@ class Catalog:
     hash: str
     _env: jinja2.Environment = field(default=None, repr=False)
     _compiled: dict = field(default_factory=dict, repr=False)
+    _variables: dict = field(default_factory=dict, repr=False)  # (stage, template_id) -> names it uses
 
     def concept_text(self, concept_id, level):
         """Text at ``level``, falling back to a shorter level. Returns (text, level_used)."""
@@ -109,8 +110,10 @@ class Catalog:
         tpl = self.templates[stage][template_id]
         if tpl.generator == "copy":
             return
-        used = jinja2.meta.find_undeclared_variables(self._env.parse(tpl.source))
-        unknown = sorted(used - TEMPLATE_VARIABLES[stage])
+        key = (stage, template_id)
+        if key not in self._variables:  # parsed once per process, like the compiled template
+            self._variables[key] = jinja2.meta.find_undeclared_variables(self._env.parse(tpl.source))
+        unknown = sorted(self._variables[key] - TEMPLATE_VARIABLES[stage])
         if unknown:
             raise CatalogError(
                 f"{tpl.path}: {stage} template {template_id!r} uses undefined variable(s) "

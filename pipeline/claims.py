@@ -16,6 +16,7 @@ of machines sharing data/ must therefore agree to well within the lease (NTP doe
 """
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -66,22 +67,27 @@ class ClaimedElsewhere(Exception):
 
 
 class Claim:
-    """A claim this process holds: ``path`` is its file, ``doc`` what it says."""
+    """A claim this process holds: ``path`` is its file, ``doc`` what it says, ``names`` the folder's
+    listing that found it free (the owner may clean up after dead writers from it)."""
 
-    def __init__(self, path, doc):
-        self.path, self.doc = Path(path), doc
+    def __init__(self, path, doc, names=()):
+        self.path, self.doc, self.names = Path(path), doc, names
 
     @property
     def number(self):
         return int(_NAME.match(self.path.name)[1])
 
 
-def _claims(gen_dir):
-    """[(n, path)] of the claim files in ``gen_dir``, highest n first."""
+def _listdir(gen_dir):
     try:
-        names = os.listdir(gen_dir)
+        return os.listdir(gen_dir)
     except FileNotFoundError:
         return []
+
+
+def _claims(gen_dir, names=None):
+    """[(n, path)] of the claim files in ``gen_dir`` (or among ``names``, its listing), highest n first."""
+    names = _listdir(gen_dir) if names is None else names
     found = [(int(m[1]), Path(gen_dir) / name) for name in names if (m := _NAME.match(name))]
     return sorted(found, reverse=True)
 
@@ -120,10 +126,19 @@ def holder(gen_dir, now=None):
     return None
 
 
+_OWN_START = [None, None]  # [pid, its process_start]: read from /proc once per process
+
+
+def _own_start():
+    if _OWN_START[0] != os.getpid():
+        _OWN_START[:] = [os.getpid(), process_start(os.getpid())]
+    return _OWN_START[1]
+
+
 def _doc(lease_s, run_id):
     now = time.time()
     return {"host": HOST, "boot_id": _MACHINE[0], "pid_ns": _MACHINE[1], "pid": os.getpid(),
-            "pid_start": process_start(os.getpid()), "run_id": run_id, "token": uuid.uuid4().hex,
+            "pid_start": _own_start(), "run_id": run_id, "token": uuid.uuid4().hex,
             "lease_s": lease_s, "claimed_at": now, "expires_at": now + lease_s}
 
 
@@ -135,7 +150,8 @@ def acquire(gen_dir, lease_s, run_id="") -> Claim:
     """Claim ``gen_dir`` for this process, or raise ClaimedElsewhere naming the live owner."""
     gen_dir = Path(gen_dir)
     while True:
-        current = _claims(gen_dir)[:1]
+        names = _listdir(gen_dir)
+        current = _claims(gen_dir, names)[:1]
         top, doc = (current[0][0], _load(current[0][1])) if current else (0, {})
         while doc is not None:
             if is_live(doc):
@@ -143,10 +159,11 @@ def acquire(gen_dir, lease_s, run_id="") -> Claim:
             mine = _doc(lease_s, run_id)
             path = gen_dir / f"claim.{top + 1}.json"
             if write_text_once(path, _dump(mine), fsync=False):
-                for _, older in _claims(gen_dir):
+                # claim 1 has no older ones to remove: nobody claimed this folder before
+                for _, older in _claims(gen_dir) if top else ():
                     if older != path:
                         _unlink(older)  # superseded: only stale claims are ever older
-                return Claim(path, mine)
+                return Claim(path, mine, names)
             # another process created that claim first: judge it (no need to trust a directory listing)
             top, doc = top + 1, _load(path)
         # a claim vanished under our feet (its owner finished): look again
@@ -178,39 +195,83 @@ def release(claim, done):
     """End the claim. ``done``: the generation's output is saved, so the file can go (anyone who
     claims it later sees the output and stops). Otherwise the file stays, with its lease ended,
     so that claim numbers keep growing and a later claim can never be mistaken for this one."""
-    if not still_mine(claim):
-        return
     if done:
-        _unlink(claim.path)
-    else:
+        _unlink(claim.path)  # a newer claim (ours was superseded) would have removed it anyway
+    elif still_mine(claim):
         claim.doc = {**claim.doc, "expires_at": time.time(), "released": True}
         write_bytes_atomic(claim.path, _dump(claim.doc).encode("utf-8"), fsync=False)
 
 
+class _Renewer:
+    """The one thread of a process that renews the leases of every claim the process holds, each
+    every lease/3 seconds (a thread per claim cost more than a small generation's own work)."""
+
+    def __init__(self):
+        self.lock = threading.Condition()
+        self.claims = {}      # Claim -> (lease_s, when it is next due)
+        self.thread = None
+        self.wakes_at = math.inf  # when the thread looks next, if it is waiting
+
+    def add(self, claim, lease_s):
+        with self.lock:
+            due = time.monotonic() + _period(lease_s)
+            self.claims[claim] = (lease_s, due)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="claim-renewer", daemon=True)
+                self.thread.start()
+            if due < self.wakes_at:  # else it wakes in time anyway: no thread switch per claim
+                self.lock.notify()
+
+    def remove(self, claim):
+        # under the lock: once this returns, the claim is never renewed again
+        with self.lock:
+            self.claims.pop(claim, None)
+
+    def _loop(self):
+        with self.lock:
+            while True:
+                now = time.monotonic()
+                for claim, (lease_s, due) in list(self.claims.items()):
+                    if due <= now and not self._renew(claim, lease_s):
+                        del self.claims[claim]
+                    elif due <= now:
+                        self.claims[claim] = (lease_s, now + _period(lease_s))
+                self.wakes_at = min((due for _, due in self.claims.values()), default=math.inf)
+                # add() runs only while this waits (it needs the lock), so wakes_at is always current
+                self.lock.wait(None if self.wakes_at == math.inf else max(self.wakes_at - time.monotonic(), 0))
+
+    @staticmethod
+    def _renew(claim, lease_s) -> bool:
+        try:
+            if renew(claim, lease_s):
+                return True
+            log.warning("%s: claim lost to another process (its lease ran out)", claim.path)
+        except StoreError as exc:
+            log.warning("%s; the claim ends with its lease", exc)
+        return False
+
+
+def _period(lease_s):
+    return max(lease_s / 3, 0.05)
+
+
+_RENEWER = [_Renewer()]
+# a forked child holds none of its parent's claims, and has none of its threads
+os.register_at_fork(after_in_child=lambda: _RENEWER.__setitem__(0, _Renewer()))
+
+
 @contextmanager
 def held(gen_dir, lease_s, run_id="", done=lambda: False):
-    """Hold the claim on ``gen_dir`` for the body, renewing its lease every lease/3 seconds.
+    """Hold the claim on ``gen_dir`` for the body, its lease renewed every lease/3 seconds.
 
     ``done()`` is asked on the way out: True when the generation's output exists."""
     claim = acquire(gen_dir, lease_s, run_id)
-    stop = threading.Event()
-
-    def keep_renewing():
-        try:
-            while not stop.wait(max(lease_s / 3, 0.05)):
-                if not renew(claim, lease_s):
-                    log.warning("%s: claim lost to another process (its lease ran out)", claim.path)
-                    return
-        except StoreError as exc:
-            log.warning("%s; the claim ends with its lease", exc)
-
-    renewer = threading.Thread(target=keep_renewing, name=f"claim-{Path(gen_dir).name}", daemon=True)
-    renewer.start()
+    renewer = _RENEWER[0]
+    renewer.add(claim, lease_s)
     try:
         yield claim
     finally:
-        stop.set()
-        renewer.join()
+        renewer.remove(claim)
         try:
             release(claim, done())
         except StoreError as exc:

@@ -120,8 +120,8 @@ def splice_file(path, groups: dict) -> int:
         with mmap.mmap(src.fileno(), 0, access=mmap.ACCESS_READ) as data:
             edits, removed = _edits(data, groups)
 
-        def write(fh):
-            out, at = fh.fileno(), 0
+        def write(out):
+            at = 0
             for start, end, text in edits + [(size, size, b"")]:
                 _copy(src.fileno(), out, at, start - at)
                 view = memoryview(text)

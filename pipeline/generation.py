@@ -129,13 +129,13 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
     raised. Raises ClaimedElsewhere (not recorded: not a failure) if another live process holds
     the claim, and lifeline.ParentGone if the luigi process that started this one has died."""
     gdir = ctx.paths.gen_dir(stage, gen_id)
-    remove_stale_tmp(gdir)
     if (gdir / "parsed.txt").exists():
         return "done"
     base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
     _load_or_report(ctx, base)  # before claiming: a bad id or missing metadata leaves no claim behind
     lifeline.check_parent()
-    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=(gdir / "parsed.txt").exists):
+    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=(gdir / "parsed.txt").exists) as claim:
+        remove_stale_tmp(gdir, claim.names)  # the owner clears what killed writers left
         # look again under the claim: the previous owner may have finished it, or changed its metadata
         if (gdir / "parsed.txt").exists():
             return "done"

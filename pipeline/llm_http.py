@@ -124,6 +124,11 @@ class OpenAIClient:
         # A pooled session must not cross a fork (Luigi worker processes): build one per process.
         if self._session is None or (self._own_session_pid not in (None, os.getpid())):
             s = requests.Session()
+            # the environment's proxy and CA-bundle settings, read once here instead of on every
+            # request (requests re-reads os.environ per call: ~0.7 ms, a third of a stub call)
+            s.trust_env = False
+            s.proxies = requests.utils.get_environ_proxies(self.base_url)
+            s.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
             s.mount("http://", adapter)
             s.mount("https://", adapter)

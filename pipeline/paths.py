@@ -133,7 +133,10 @@ class Paths:
         return self.gens_root / STAGE[stage].folder
 
     def gen_dir(self, stage, gen_id):
-        return self.stage_dir(stage) / check_id(gen_id, "generation id")
+        if stage not in STAGES:
+            return self.stage_dir(stage)  # raises, naming the stage
+        # one join, not three: asked for several times per generation
+        return self.data_root.joinpath("gens", STAGE[stage].folder, check_id(gen_id, "generation id"))
 
     @property
     def events_dir(self):

@@ -122,6 +122,18 @@ def test_held_claim_is_renewed_while_in_use_and_ended_after(tmp_path):
     assert not list(tmp_path.glob("claim.*"))
 
 
+def test_claims_held_at_once_are_all_renewed(tmp_path):
+    """One renewer thread serves every claim of a process, the long-lease ones too."""
+    with claims.held(tmp_path / "a", lease_s=60) as long_one, claims.held(tmp_path / "b", lease_s=0.3) as short:
+        first = _doc_of(short.path)["expires_at"]
+        with claims.held(tmp_path / "c", lease_s=0.3) as later:  # added while the renewer waits
+            later_first = _doc_of(later.path)["expires_at"]
+            time.sleep(0.6)
+            assert _doc_of(later.path)["expires_at"] > later_first
+        assert _doc_of(short.path)["expires_at"] > first
+        assert _doc_of(long_one.path)["expires_at"] > time.time() + 50
+
+
 def test_unreadable_claim_is_stale(tmp_path):
     (tmp_path / "claim.4.json").write_text("{not json", encoding="utf-8")
     assert claims.acquire(tmp_path, lease_s=60).number == 5

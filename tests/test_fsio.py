@@ -46,3 +46,16 @@ def test_store_check_finds_a_temp_file_left_by_a_killed_writer(tmp_path):
     assert_store_whole(project, tmp_ok=True)  # right after a kill: allowed, under a hidden name
     os.unlink(tmp)
     assert_store_whole(project)
+
+
+@pytest.mark.parametrize("renameat2", ["system", "absent"])
+def test_write_once_never_replaces_and_leaves_no_temp_file(tmp_path, monkeypatch, renameat2):
+    """A paid answer is written once: a second writer gets False and the first text stays, with
+    RENAME_NOREPLACE or, where the system lacks it, the link fallback."""
+    if renameat2 == "absent":
+        monkeypatch.setattr(fsio, "_RENAMEAT2", None)
+    target = tmp_path / "gen" / "raw.txt"
+    assert fsio.write_text_once(target, "first answer") is True
+    assert fsio.write_text_once(target, "second answer") is False
+    assert target.read_text(encoding="utf-8") == "first answer"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["raw.txt"]
