@@ -10,6 +10,7 @@ the variable that ``[llm] api_key_env`` names (OPENROUTER_API_KEY by default), s
 surrounding whitespace, and never stored. ``[llm] call_deadline_s`` bounds each call (0: no bound).
 """
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import LLMError
@@ -19,20 +20,19 @@ from .ratelimit import Pacer
 __all__ = ["Backends", "LLMResult"]
 
 
+@dataclass
 class Backends:
-    def __init__(self, base_url, api_key_env, *, timeout_s=180.0, call_deadline_s=300.0, max_attempts=6,
-                 backoff_base_s=2.0, max_tokens=None, local_max_tokens=256, local_threads=2, pacer=None):
-        self.base_url = base_url
-        self.api_key_env = api_key_env
-        self.timeout_s = timeout_s
-        self.call_deadline_s = call_deadline_s
-        self.max_attempts = max_attempts
-        self.backoff_base_s = backoff_base_s
-        self.max_tokens = max_tokens or None
-        self.local_max_tokens = local_max_tokens
-        self.local_threads = local_threads
-        self.pacer = pacer
-        self._client = None
+    base_url: str
+    api_key_env: str
+    timeout_s: float = 180.0
+    call_deadline_s: float = 300.0
+    max_attempts: int = 6
+    backoff_base_s: float = 2.0
+    max_tokens: int = None   # None or 0: the provider's default
+    local_max_tokens: int = 256
+    local_threads: int = 2
+    pacer: Pacer = None
+    _client: OpenAIClient = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_config(cls, data_root="data"):
@@ -65,4 +65,4 @@ class Backends:
         client = self._http()
         client.on_attempt_failed = on_attempt_failed
         pace = (lambda: self.pacer.wait(model.pool)) if self.pacer else None
-        return client.complete(model.model, prompt, max_tokens=self.max_tokens, before_attempt=pace)
+        return client.complete(model.model, prompt, max_tokens=self.max_tokens or None, before_attempt=pace)
