@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import _thread
 import socket
 import threading
 import time
@@ -217,8 +218,10 @@ class _Renewer:
             due = time.monotonic() + _period(lease_s)
             self.claims[claim] = (lease_s, due)
             if self.thread is None:
-                self.thread = threading.Thread(target=self._loop, name="claim-renewer", daemon=True)
-                self.thread.start()
+                # not threading.Thread: its start() waits until the new thread has run, which on a
+                # busy machine delays this task's LLM call by a time slice; this one runs when it can
+                # (it ends with the process, like a daemon thread)
+                self.thread = _thread.start_new_thread(self._loop, ())
             if due < self.wakes_at:  # else it wakes in time anyway: no thread switch per claim
                 self.lock.notify()
 

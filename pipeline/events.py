@@ -334,11 +334,10 @@ class EventLog:
                 os.close(self._fd)
             self._pid, self._fd, self.path = os.getpid(), None, None
         now = datetime.now(timezone.utc)
-        host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
         day_dir = self.events_dir / now.strftime("%Y-%m-%d")
         day_dir.mkdir(parents=True, exist_ok=True)
         while True:
-            path = day_dir / (f"{host}-{self._pid}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
+            path = day_dir / (f"{_SEGMENT_HOST}-{self._pid}-{now.strftime('%Y%m%dT%H%M%S%fZ')}"
                               f"-{secrets.token_hex(2)}.jsonl")
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
@@ -348,6 +347,9 @@ class EventLog:
             return
 
 
+# the host part of segment names, worked out once per process: luigi's task processes open a
+# segment each, and the regex would be compiled in every one of them
+_SEGMENT_HOST = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 _LIVE_WRITERS = weakref.WeakSet()
 
 
