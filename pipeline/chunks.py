@@ -48,7 +48,7 @@ class Plan:
     chunk_size: int
     scheduler: str | None          # a luigid's URL, or None for a local scheduler per chunk
     log_file: str
-    verbose: bool = False
+    console_level: str = "WARNING"   # of the spawned runner's stderr (runlog.console_level)
     workers: int = field(default_factory=lambda: luigi.interface.core().workers)
     # config sections as this process resolved them (luigi.cfg plus --llm-... flags)
     settings: dict = field(default_factory=lambda: {
@@ -113,7 +113,7 @@ def _spawned(plan):
             config.add_section(section)
         for name, value in values.items():
             config.set(section, name, value)
-    runlog.configure_spawned(plan.log_file, plan.verbose)
+    runlog.configure_spawned(plan.log_file, plan.console_level)
     run(plan)
 
 

@@ -19,6 +19,19 @@ def log_level_asked(argv) -> bool:
     return any(a == "--log-level" or a.startswith("--log-level=") for a in argv)
 
 
+def console_level(argv, verbose) -> str:
+    """The level of what reaches stderr: INFO with --verbose, else the level luigi's --log-level
+    asks for, else warnings and errors."""
+    if verbose:
+        return "INFO"
+    for i, arg in enumerate(argv):
+        if arg.startswith("--log-level="):
+            return arg.split("=", 1)[1]
+        if arg == "--log-level" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "WARNING"
+
+
 def _to_console(handler) -> bool:
     stream = getattr(handler, "stream", None)
     return isinstance(handler, logging.StreamHandler) and stream in (sys.stderr, sys.stdout)
@@ -100,12 +113,12 @@ def quiet_terminal(log_file):
         logger.addHandler(terminal)
 
 
-def configure_spawned(log_file, verbose):
+def configure_spawned(log_file, level):
     """Logging of a spawned chunk runner (chunks.py), which starts with none: the run's log file,
-    and stderr (everything when verbose, else warnings and errors)."""
+    and stderr from ``level`` (console_level) up."""
     stream = logging.StreamHandler()
     stream.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    stream.setLevel(logging.INFO if verbose else logging.WARNING)
+    stream.setLevel(level)
     handlers = [_file_handler(log_file), stream]
     for name in LOGGERS:
         logger = logging.getLogger(name)

@@ -343,7 +343,8 @@ class RunCohort(_RunTask):
         log_file = self.paths.logs_dir / f"{self.run_id}.log"
         plan = chunks.Plan(paths=self.paths, cohort_id=self.cohort_id, run_id=self.run_id,
                            chunk_size=self.chunk_size or pipeline_config().chunk_size,
-                           scheduler=chunks.scheduler_of_this_run(), log_file=str(log_file), verbose=verbose)
+                           scheduler=chunks.scheduler_of_this_run(), log_file=str(log_file),
+                           console_level=runlog.console_level(sys.argv, self.verbose))
         chunks.warn_about_pools(plan, _shared_context(self.paths).catalog, rows)
         with runlog.chatter_to(log_file, verbose):
             if not pipeline_config().progress:

@@ -122,6 +122,13 @@ def test_log_level_counts_as_asking_for_luigis_log():
     assert not runlog.log_level_asked(["luigi", "--workers", "2"])
 
 
+def test_the_terminal_gets_the_level_asked_for():
+    assert runlog.console_level(["luigi", "--log-level", "WARNING"], verbose=False) == "WARNING"
+    assert runlog.console_level(["luigi", "--log-level=DEBUG"], verbose=False) == "DEBUG"
+    assert runlog.console_level(["luigi", "--workers", "2"], verbose=False) == "WARNING"
+    assert runlog.console_level(["luigi", "--log-level", "ERROR"], verbose=True) == "INFO"
+
+
 def test_generation_target_counts_settled_only_for_runcohort(cohort):
     from pipeline.tasks import GenerationTarget
 

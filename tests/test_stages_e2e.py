@@ -383,3 +383,14 @@ def test_missing_description_level_falls_back_and_says_so(project, stub):
         assert meta["description_level_fallbacks"] == {cid: "paragraph" for cid in meta["concept_ids"]}
         prompt = project.read("draft", row["gen_id"], "prompt.txt")
         assert "A flywheel is a loop" in prompt or "Producing candidates is cheap" in prompt
+
+
+def test_forked_run_logs_to_stderr_at_the_level_asked_for(project, stub):
+    # --workers 2: the chunks run in a spawned interpreter, whose logging is set up anew
+    write_spec(project, "c1", TINY)
+    result = run_luigi(project, "RunCohort", "--cohort-id", "c1", "--workers", "2", "--log-level", "WARNING",
+                       base_url=stub.base_url)
+    assert result.returncode == 0, output_of(result)
+    assert "INFO" not in result.stderr, result.stderr[-3000:]
+    run_log = next((project.data_root / "logs").glob("*.log"))
+    assert "INFO" in run_log.read_text()   # the chatter went to the run's log instead
