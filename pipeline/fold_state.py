@@ -23,11 +23,13 @@ import hashlib
 import logging
 import marshal
 import os
+import signal
 import sqlite3
 import zlib
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
+from .errors import StoreError
 from .events import _split_lines, iter_segments, scan_lines
 from .fsio import new_tmp, write_bytes_atomic
 
@@ -80,7 +82,7 @@ class FoldState:
         return cls(events_dir=str(Path(events_dir).resolve()))
 
     def _shard_of(self, gen_id) -> int:
-        return zlib.crc32(gen_id.encode("utf-8", "surrogatepass")) & self.mask
+        return _shard(gen_id, self.mask)
 
     def _load(self, numbers) -> None:
         missing = sorted(set(numbers) - self.shards.keys())
@@ -152,6 +154,10 @@ class FoldState:
             self.db = None
 
 
+def _shard(gen_id, mask) -> int:
+    return zlib.crc32(gen_id.encode("utf-8", "surrogatepass")) & mask
+
+
 def _pack(value) -> bytes:
     body = marshal.dumps(value)
     return zlib.crc32(body).to_bytes(4, "big") + body
@@ -198,22 +204,43 @@ def open_state(tables_dir, events_dir):
         return None
 
 
-def write_state(tables_dir, state, records, children, cohorts) -> None:
-    """Replace the saved state with ``state``'s segments and meta and these records
-    (gen_id -> record), children (parent -> gen_ids) and cohorts (cohort_id -> entry)."""
-    tables_dir = Path(tables_dir)
-    path = tables_dir / STATE_FILE
+def save_state(tables_dir, n_records, parts) -> "PendingState":
+    """Begin replacing the saved state. A forked child (the machine's other core) calls
+    ``parts()`` - (records: gen_id -> record, children: parent -> gen_ids, cohorts: cohort_id ->
+    entry) for ``n_records`` records - and writes them to a new file while this process goes on
+    (pipeline.replay writes the tables meanwhile); PendingState.finish(state) then adds
+    ``state``'s segments and meta and puts the file in place, PendingState.abort() drops it."""
+    path = Path(tables_dir) / STATE_FILE
     size = 256
-    while size * GENS_PER_SHARD < len(records):
+    while size * GENS_PER_SHARD < n_records:
         size *= 2
-    state.mask = size - 1
-    shards = [({}, {}) for _ in range(size)]
-    shard_of = state._shard_of
+    tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
+    try:
+        read_end, write_end = os.pipe()
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    pid = os.fork()
+    if pid == 0:   # the child: never returns, never runs the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            _write_records(tmp, size - 1, *parts())
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return PendingState(path, tmp, size - 1, pid, read_end)
+
+
+def _write_records(tmp, mask, records, children, cohorts) -> None:
+    shards = [({}, {}) for _ in range(mask + 1)]
     for gen_id, record in records.items():
-        shards[shard_of(gen_id)][0][gen_id] = record
+        shards[_shard(gen_id, mask)][0][gen_id] = record
     for parent, kids in children.items():
-        shards[shard_of(parent)][1][parent] = kids
-    tmp = new_tmp(path)
+        shards[_shard(parent, mask)][1][parent] = kids
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = OFF")   # a new file, renamed into place when complete
@@ -224,16 +251,73 @@ def write_state(tables_dir, state, records, children, cohorts) -> None:
         db.executemany("INSERT INTO shards VALUES (?, ?)",
                        ((n, _pack(shard)) for n, shard in enumerate(shards) if shard[0] or shard[1]))
         db.executemany("INSERT INTO cohorts VALUES (?, ?)", ((repr(c), _pack(e)) for c, e in cohorts.items()))
-        db.executemany("INSERT INTO meta VALUES (?, ?)", _meta_rows(state))
         db.execute("COMMIT")
-    except BaseException:
-        os.unlink(tmp)
-        raise
     finally:
         db.close()
-    os.replace(tmp, path)
-    for name in _OLD_STATE_FILES:
-        (tables_dir / name).unlink(missing_ok=True)
+
+
+@dataclass
+class PendingState:
+    """A state being written by save_state's child process."""
+    path: Path
+    tmp: str
+    mask: int
+    pid: int
+    errors: int   # read end of a pipe: the child's error message, if it fails
+
+    def finish(self, state) -> None:
+        """Wait for the child; add ``state``'s segments and meta; put the file in place.
+        Raises StoreError when the child failed."""
+        try:
+            status = self._wait()
+            if status != 0:
+                message = os.read(self.errors, 4000).decode("utf-8", "replace") or f"exit status {status}"
+                raise StoreError(f"{self.path}: cannot save the fold state ({message}); free disk "
+                                 "space or fix permissions, then rerun")
+            state.mask = self.mask
+            db = sqlite3.connect(self.tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode = OFF")
+                db.execute("PRAGMA synchronous = OFF")
+                db.execute("BEGIN")
+                db.executemany("INSERT INTO meta VALUES (?, ?)", _meta_rows(state))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        os.close(self.errors)
+        for name in _OLD_STATE_FILES:
+            (self.path.parent / name).unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Stop the child if it still runs and drop its file (the saved state stays as it was)."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait()
+        if self.errors is not None:
+            os.close(self.errors)
+            self.errors = None
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+    def _wait(self) -> int:
+        """The child's exit status, once it has ended (reaped: no zombie is left)."""
+        while True:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                break
+            except InterruptedError:
+                continue
+        self.pid = None
+        return os.waitstatus_to_exitcode(status)
 
 
 def read_checked(path):

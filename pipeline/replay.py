@@ -408,13 +408,26 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
     listings = _listings(fold.cohorts)
     gens, members, lineage = _resolve(fold.gens, listings)
-    tables = _tables(gens, members, lineage, fold.calls)
-    for name in TABLES:
-        columns, rows = tables[name]
-        # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
-        write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
-        stats.rows[name] = len(rows)
-    # after the tables: a state never covers events the tables do not show
+    # The state is written by a forked child (the second core) while this process writes the
+    # tables, and put in place after them: a state never covers events the tables do not show.
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage))
+    try:
+        tables = _tables(gens, members, lineage, fold.calls)
+        for name in TABLES:
+            columns, rows = tables[name]
+            # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+            write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
+            stats.rows[name] = len(rows)
+        state.meta = _meta(stats, tables, tables_dir)
+    except BaseException:
+        saving.abort()
+        raise
+    saving.finish(state)
+    return stats
+
+
+def _state_parts(fold, listings, lineage) -> tuple:
+    """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta."""
     values = attrgetter(*_Gen.__slots__)
     records = {gen_id: (values(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
     for gen_id in listings.keys() - fold.gens.keys():
@@ -426,9 +439,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
             children.setdefault(parent, []).append(gen_id)
     cohorts = {cohort_id: (key, list(_listing(ev)), fold.cohort_events[cohort_id])
                for cohort_id, (key, ev) in fold.cohorts.items()}
-    state.meta = _meta(stats, tables, tables_dir)
-    fold_state.write_state(tables_dir, state, records, children, cohorts)
-    return stats
+    return records, children, cohorts
 
 
 def _meta(stats, tables, tables_dir) -> dict:

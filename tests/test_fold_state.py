@@ -205,3 +205,54 @@ def test_each_kind_of_change_replays_incrementally_to_the_full_replays_bytes(tmp
     stats, tables = incremental(data, events)
     assert stats.incremental and tables == full_replay(tmp_path, events, "same-ts")
     assert (data / "tables" / "llm_calls.csv").read_text().count(f"\n{taken},") == 3
+
+
+def test_a_state_the_child_process_cannot_write_is_a_clear_error_and_leaves_the_old_state(tmp_path, monkeypatch):
+    import os
+    import sqlite3
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.errors import StoreError
+
+    events = tmp_path / "events"
+    tables = tmp_path / "tables"
+    generate(events, 300, writers=2, seed=1)
+    replay(events, tables)
+    before = {path.name: path.read_bytes() for path in tables.iterdir()}
+
+    def disk_full(*args):   # runs in the forked child that writes the state
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(fold_state, "_write_records", disk_full)
+    with pytest.raises(StoreError, match=r"_fold_state.sqlite: cannot save the fold state "
+                                         r"\(OperationalError: database or disk is full\)"):
+        replay(events, tables, full=True)
+    # the old state stays (it matches the unchanged tables), no temporary file, no zombie child
+    assert {path.name for path in tables.iterdir()} == set(before)
+    assert (tables / STATE_FILE).read_bytes() == before[STATE_FILE]
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_interrupted_full_replay_stops_the_state_writing_child_and_leaves_no_file(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipeline import replay as replay_module
+
+    events = tmp_path / "events"
+    tables = tmp_path / "tables"
+    generate(events, 300, writers=2, seed=1)
+
+    def interrupted(*args):   # Ctrl-C while this process builds the tables
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay_module, "_tables", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replay(events, tables, full=True)
+    assert list(tables.iterdir()) == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
