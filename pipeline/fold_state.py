@@ -30,7 +30,7 @@ from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
 from .errors import StoreError
-from .events import _split_lines, iter_segments, scan_lines
+from .events import ReadStats, _split_lines, iter_segments, scan_lines
 from .fsio import new_tmp, write_bytes_atomic
 
 STATE_FILE = "_fold_state.sqlite"
@@ -41,6 +41,8 @@ _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 VERSION = 2
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 32
+# read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
+PARALLEL_BYTES = 16 << 20
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE cohorts (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
@@ -346,14 +348,85 @@ def read_new(state, sink, stats, skip_bad) -> bool:
     segment; fill ``stats`` (ReadStats). False (with ``state`` half-updated: discard it) when only
     a full replay is right. From an empty state this is the full replay, duplicates and all."""
     events_dir = Path(state.events_dir)
-    incremental = bool(state.segments)
     present = iter_segments(events_dir)
     rels = [p.relative_to(events_dir).as_posix() for p in present]
     if not state.segments.keys() <= set(rels):
         log.info("a segment of the event log disappeared; replaying the whole log")
         return False
-    duplicates, seen = stats.duplicates, set()
-    for path, rel in zip(present, rels):
+    return _read(state, sink, stats, skip_bad, zip(present, rels), set(), bool(state.segments))
+
+
+def read_all(state, fold, stats, skip_bad) -> None:
+    """read_new from an empty ``state`` into ``fold`` (a pipeline.replay.Fold), with the same
+    result; for a big log a forked child (the machine's other core) scans and folds the later
+    segments meanwhile and hands its fold over (Fold.export/merge). Whenever the child's part
+    cannot simply be merged - it failed (a bad line: this process then raises the same error),
+    or it holds an event_id of this process's part - this process reads that part itself."""
+    events_dir = Path(state.events_dir)
+    present = iter_segments(events_dir)
+    segments = [(p, p.relative_to(events_dir).as_posix()) for p in present]
+    sizes = [p.stat().st_size for p in present]
+    if sum(sizes) < PARALLEL_BYTES or len(segments) < 2:
+        _read(state, fold, stats, skip_bad, segments, set(), False)
+        return
+    # the first half of the bytes here (the merge here costs about what marshalling costs there)
+    split, before = 1, sizes[0]
+    while split < len(sizes) - 1 and before + sizes[split] <= sum(sizes) / 2:
+        before += sizes[split]
+        split += 1
+    later = segments[split:]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never returns, never runs the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            part, part_stats, seen = type(fold)(), ReadStats(), set()
+            part_state = FoldState.empty(events_dir)
+            _read(part_state, part, part_stats, skip_bad, later, seen, False)
+            data = marshal.dumps((part.export(), astuple(part_stats), list(seen),
+                                  {rel: astuple(seg) for rel, seg in part_state.segments.items()}))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(data)
+            code = 0
+        finally:   # a failure writes nothing: the parent reads the part itself and meets it too
+            os._exit(code)
+    os.close(write_end)
+    try:
+        seen = set()
+        _read(state, fold, stats, skip_bad, segments[:split], seen, False)
+        with os.fdopen(read_end, "rb") as pipe:
+            read_end = None
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        pid = None
+    finally:
+        if pid is not None:   # this process failed or was interrupted: stop the child, reap it
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if read_end is not None:
+            os.close(read_end)
+    part = marshal.loads(data) if status == 0 and data else None
+    if part is None or not seen.isdisjoint(part[2]):
+        _read(state, fold, stats, skip_bad, later, seen, False)
+        return
+    exported, (n_segments, lines, events, duplicates, torn, bad, unknown_types), _, part_segments = part
+    fold.merge(exported)
+    stats.segments += n_segments
+    stats.lines += lines
+    stats.events += events
+    stats.duplicates += duplicates
+    stats.torn += torn
+    stats.bad += bad
+    for etype, n in unknown_types.items():
+        stats.unknown_types[etype] = stats.unknown_types.get(etype, 0) + n
+    state.segments.update((rel, Segment(*seg)) for rel, seg in part_segments.items())
+
+
+def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
+    """read_new over ``segments`` ((path, relative path) pairs); ``seen``: the event_ids met so far."""
+    duplicates = stats.duplicates
+    for path, rel in segments:
         seg = state.segments.get(rel) or Segment()
         with open(path, "rb") as fh:
             # compared on every pass, also when size and mtime are unchanged (mtime has coarse ticks)

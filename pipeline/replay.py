@@ -93,6 +93,17 @@ class _Gen:
         self.call_keys = []   # (ts, event_id) of its llm_calls rows: orders calls at one ts
 
 
+_VALUES = attrgetter(*_Gen.__slots__)
+
+
+def _gen_from(values):
+    """The _Gen whose _VALUES are ``values``."""
+    g = _Gen.__new__(_Gen)
+    for name, value in zip(_Gen.__slots__, values):
+        setattr(g, name, value)
+    return g
+
+
 class Fold:
     """The folded state: the latest of everything per generation and cohort, and every call row.
 
@@ -166,6 +177,45 @@ class Fold:
                     ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
                     "failed", get("status"), get("error_class"), _bool(get("will_retry")),
                     None, None, None, None)))
+        return self
+
+    def export(self) -> tuple:
+        """The fold as builtins (marshal), for merge()."""
+        return {gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls, self.cohort_events
+
+    def merge(self, exported) -> "Fold":
+        """Fold in another fold's export(), as if its events, all later in file order than this
+        fold's (pipeline.fold_state.read_all), had been added here."""
+        gens_values, cohorts, calls, cohort_events = exported
+        gens = self.gens
+        for gen_id, values in gens_values.items():
+            g = gens.get(gen_id)
+            if g is None:
+                gens[gen_id] = _gen_from(values)
+                continue
+            o = _gen_from(values)
+            if o.status_key > g.status_key:
+                g.status_key, g.status, g.lineage = o.status_key, o.status, o.lineage
+                if o.status == "failed":
+                    g.error = o.error
+            if o.done_key > g.done_key:
+                g.done_key, g.done = o.done_key, o.done
+            if o.reused_ts is not None and (g.reused_ts is None or o.reused_ts > g.reused_ts):
+                g.reused_ts = o.reused_ts
+            if o.parse_key > g.parse_key:
+                g.parse_key, g.parse = o.parse_key, o.parse
+            if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
+                g.origin_key, g.origin = o.origin_key, o.origin
+            g.cohorts |= o.cohorts
+            g.ids += o.ids
+            g.call_keys += o.call_keys
+        for cohort_id, (key, ev) in cohorts.items():
+            current = self.cohorts.get(cohort_id)
+            if current is None or key > current[0]:
+                self.cohorts[cohort_id] = (key, ev)
+        for cohort_id, ids in cohort_events.items():
+            self.cohort_events.setdefault(cohort_id, []).extend(ids)
+        self.calls += calls
         return self
 
     def tables(self) -> dict:
@@ -404,7 +454,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     stats = ReplayStats(read=ReadStats(), tables_dir=tables_dir, version_after=uuid.uuid4().hex)
     state = fold_state.FoldState.empty(events_dir)
     fold = Fold()
-    fold_state.read_new(state, fold, stats.read, skip_bad)
+    fold_state.read_all(state, fold, stats.read, skip_bad)
     stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
     listings = _listings(fold.cohorts)
     gens, members, lineage = _resolve(fold.gens, listings)
@@ -428,8 +478,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
 
 def _state_parts(fold, listings, lineage) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta."""
-    values = attrgetter(*_Gen.__slots__)
-    records = {gen_id: (values(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
+    records = {gen_id: (_VALUES(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
     for gen_id in listings.keys() - fold.gens.keys():
         records[gen_id] = (None, listings[gen_id])
     children = {}

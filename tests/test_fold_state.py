@@ -256,3 +256,54 @@ def test_an_interrupted_full_replay_stops_the_state_writing_child_and_leaves_no_
     assert list(tables.iterdir()) == []
     with pytest.raises(ChildProcessError):
         os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.events import EventLogError
+
+    events = tmp_path / "events"
+    generate(events, 3000, writers=4, seed=3)
+    day = events / "2025-01-01"
+    first, *_, last = sorted(day.iterdir())
+    # a torn last line in the child's half
+    with open(last, "a") as fh:
+        fh.write('{"event_id": "torn')
+
+    def both(name, **kwargs):
+        """(stats, tables, state segments) of a full replay read by one process, then by two."""
+        results = []
+        for parallel_bytes in (1 << 60, 0):
+            monkeypatch.setattr(fold_state, "PARALLEL_BYTES", parallel_bytes)
+            tables = tmp_path / f"{name}-{parallel_bytes}"
+            stats = replay(events, tables, full=True, **kwargs)
+            state = fold_state.open_state(tables, events)
+            results.append((stats.read, stats.rows, {n: (tables / f"{n}.csv").read_bytes() for n in TABLES},
+                            state.segments, state.meta["rows"]))
+            state.close()
+            with pytest.raises(ChildProcessError):   # every child reaped
+                os.waitpid(-1, os.WNOHANG)
+        return results
+
+    one, two = both("plain")
+    assert one == two and one[0].torn and one[0].events > 2500
+
+    # a copy of the first segment at the end: the duplicates are the second process's
+    (day / ("z" + first.name)).write_bytes(first.read_bytes())
+    one, two = both("duplicated")
+    assert one == two and one[0].duplicates > 500
+
+    # bad lines in the second process's half (the torn line is no longer last): skipped and
+    # counted alike, or the same error
+    with open(last, "a") as fh:
+        fh.write('\n{"event_id": "x", "schema": 1, "ts": "2025-01-01T00:00:00Z", "type": "score_parsed"}\n')
+    one, two = both("skip_bad", skip_bad=True)
+    assert one == two and len(one[0].bad) == 2
+    for parallel_bytes in (1 << 60, 0):
+        monkeypatch.setattr(fold_state, "PARALLEL_BYTES", parallel_bytes)
+        with pytest.raises(EventLogError, match=rf"{last.name}:\d+: malformed event \(invalid JSON"):
+            replay(events, tmp_path / "bad", full=True)
