@@ -18,6 +18,9 @@ The state is an SQLite file (stdlib, one transaction per replay): what pipeline.
 generation is marshalled in shards of about GENS_PER_SHARD generations by a hash of the gen_id,
 each with a checksum, so looking up a few generations reads a few shards. A damaged, foreign or
 older state means a full replay, never an error.
+
+A full replay uses the machine's second core twice: read_all has a forked child scan and fold the
+later half of a big log, and save_state has one write the new state while the tables are written.
 """
 import hashlib
 import logging
@@ -217,6 +220,13 @@ def save_state(tables_dir, n_records, parts) -> "PendingState":
     while size * GENS_PER_SHARD < n_records:
         size *= 2
     tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
+    if not spare_core():
+        try:
+            _write_records(tmp, size - 1, *parts())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return PendingState(path, tmp, size - 1, None, None)
     try:
         read_end, write_end = os.pipe()
     except BaseException:
@@ -235,6 +245,12 @@ def save_state(tables_dir, n_records, parts) -> "PendingState":
             os._exit(code)
     os.close(write_end)
     return PendingState(path, tmp, size - 1, pid, read_end)
+
+
+def spare_core() -> bool:
+    """Whether a forked helper would run beside this process rather than take turns with it on
+    one core (which costs more than doing the work here): the last minute's load left a core idle."""
+    return os.getloadavg()[0] + 1 <= len(os.sched_getaffinity(0))
 
 
 def _write_records(tmp, mask, records, children, cohorts) -> None:
@@ -260,7 +276,7 @@ def _write_records(tmp, mask, records, children, cohorts) -> None:
 
 @dataclass
 class PendingState:
-    """A state being written by save_state's child process."""
+    """A state being written by save_state's child process (pid None: already written here)."""
     path: Path
     tmp: str
     mask: int
@@ -290,7 +306,8 @@ class PendingState:
         except BaseException:
             self.abort()
             raise
-        os.close(self.errors)
+        if self.errors is not None:
+            os.close(self.errors)
         for name in _OLD_STATE_FILES:
             (self.path.parent / name).unlink(missing_ok=True)
 
@@ -312,12 +329,9 @@ class PendingState:
 
     def _wait(self) -> int:
         """The child's exit status, once it has ended (reaped: no zombie is left)."""
-        while True:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-                break
-            except InterruptedError:
-                continue
+        if self.pid is None:
+            return 0
+        _, status = os.waitpid(self.pid, 0)   # retried on EINTR (PEP 475)
         self.pid = None
         return os.waitstatus_to_exitcode(status)
 
@@ -366,7 +380,7 @@ def read_all(state, fold, stats, skip_bad) -> None:
     present = iter_segments(events_dir)
     segments = [(p, p.relative_to(events_dir).as_posix()) for p in present]
     sizes = [p.stat().st_size for p in present]
-    if sum(sizes) < PARALLEL_BYTES or len(segments) < 2:
+    if sum(sizes) < PARALLEL_BYTES or len(segments) < 2 or not spare_core():
         _read(state, fold, stats, skip_bad, segments, set(), False)
         return
     # the first half of the bytes here (the merge here costs about what marshalling costs there)

@@ -226,6 +226,7 @@ def test_a_state_the_child_process_cannot_write_is_a_clear_error_and_leaves_the_
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(fold_state, "_write_records", disk_full)
+    monkeypatch.setattr(fold_state, "spare_core", lambda: True)   # the child, however busy the machine
     with pytest.raises(StoreError, match=r"_fold_state.sqlite: cannot save the fold state "
                                          r"\(OperationalError: database or disk is full\)"):
         replay(events, tables, full=True)
@@ -241,8 +242,10 @@ def test_an_interrupted_full_replay_stops_the_state_writing_child_and_leaves_no_
 
     import pytest
 
+    from pipeline import fold_state
     from pipeline import replay as replay_module
 
+    monkeypatch.setattr(fold_state, "spare_core", lambda: True)   # the child, however busy the machine
     events = tmp_path / "events"
     tables = tmp_path / "tables"
     generate(events, 300, writers=2, seed=1)
@@ -275,11 +278,13 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
         fh.write('{"event_id": "torn')
 
     def both(name, **kwargs):
-        """(stats, tables, state segments) of a full replay read by one process, then by two."""
+        """(stats, tables, state segments) of a full replay by one process (no core to spare), then
+        by three (two reading, one saving the state)."""
         results = []
-        for parallel_bytes in (1 << 60, 0):
-            monkeypatch.setattr(fold_state, "PARALLEL_BYTES", parallel_bytes)
-            tables = tmp_path / f"{name}-{parallel_bytes}"
+        for spare in (False, True):
+            monkeypatch.setattr(fold_state, "PARALLEL_BYTES", 0)
+            monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+            tables = tmp_path / f"{name}-{spare}"
             stats = replay(events, tables, full=True, **kwargs)
             state = fold_state.open_state(tables, events)
             results.append((stats.read, stats.rows, {n: (tables / f"{n}.csv").read_bytes() for n in TABLES},
@@ -303,7 +308,7 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
         fh.write('\n{"event_id": "x", "schema": 1, "ts": "2025-01-01T00:00:00Z", "type": "score_parsed"}\n')
     one, two = both("skip_bad", skip_bad=True)
     assert one == two and len(one[0].bad) == 2
-    for parallel_bytes in (1 << 60, 0):
-        monkeypatch.setattr(fold_state, "PARALLEL_BYTES", parallel_bytes)
+    for spare in (False, True):
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
         with pytest.raises(EventLogError, match=rf"{last.name}:\d+: malformed event \(invalid JSON"):
             replay(events, tmp_path / "bad", full=True)
