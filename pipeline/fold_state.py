@@ -18,17 +18,22 @@ The state is an SQLite file (stdlib, one transaction per replay): what pipeline.
 generation is marshalled in shards of about GENS_PER_SHARD generations by a hash of the gen_id,
 each with a checksum, so looking up a few generations reads a few shards. A damaged, foreign or
 older state means a full replay, never an error.
+
+A full replay uses the machine's second core twice: read_all has a forked child scan and fold the
+later half of a big log, and save_state has one write the new state while the tables are written.
 """
 import hashlib
 import logging
 import marshal
 import os
+import signal
 import sqlite3
 import zlib
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
-from .events import _split_lines, iter_segments, scan_lines
+from .errors import StoreError
+from .events import ReadStats, _split_lines, iter_segments, scan_lines
 from .fsio import new_tmp, write_bytes_atomic
 
 STATE_FILE = "_fold_state.sqlite"
@@ -39,6 +44,8 @@ _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 VERSION = 2
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 32
+# read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
+PARALLEL_BYTES = 16 << 20
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE cohorts (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
@@ -80,7 +87,7 @@ class FoldState:
         return cls(events_dir=str(Path(events_dir).resolve()))
 
     def _shard_of(self, gen_id) -> int:
-        return zlib.crc32(gen_id.encode("utf-8", "surrogatepass")) & self.mask
+        return _shard(gen_id, self.mask)
 
     def _load(self, numbers) -> None:
         missing = sorted(set(numbers) - self.shards.keys())
@@ -152,6 +159,10 @@ class FoldState:
             self.db = None
 
 
+def _shard(gen_id, mask) -> int:
+    return zlib.crc32(gen_id.encode("utf-8", "surrogatepass")) & mask
+
+
 def _pack(value) -> bytes:
     body = marshal.dumps(value)
     return zlib.crc32(body).to_bytes(4, "big") + body
@@ -198,22 +209,56 @@ def open_state(tables_dir, events_dir):
         return None
 
 
-def write_state(tables_dir, state, records, children, cohorts) -> None:
-    """Replace the saved state with ``state``'s segments and meta and these records
-    (gen_id -> record), children (parent -> gen_ids) and cohorts (cohort_id -> entry)."""
-    tables_dir = Path(tables_dir)
-    path = tables_dir / STATE_FILE
+def save_state(tables_dir, n_records, parts) -> "PendingState":
+    """Begin replacing the saved state. A forked child (the machine's other core) calls
+    ``parts()`` - (records: gen_id -> record, children: parent -> gen_ids, cohorts: cohort_id ->
+    entry) for ``n_records`` records - and writes them to a new file while this process goes on
+    (pipeline.replay writes the tables meanwhile); PendingState.finish(state) then adds
+    ``state``'s segments and meta and puts the file in place, PendingState.abort() drops it."""
+    path = Path(tables_dir) / STATE_FILE
     size = 256
-    while size * GENS_PER_SHARD < len(records):
+    while size * GENS_PER_SHARD < n_records:
         size *= 2
-    state.mask = size - 1
-    shards = [({}, {}) for _ in range(size)]
-    shard_of = state._shard_of
+    tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
+    if not spare_core():
+        try:
+            _write_records(tmp, size - 1, *parts())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return PendingState(path, tmp, size - 1, None, None)
+    try:
+        read_end, write_end = os.pipe()
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    pid = os.fork()
+    if pid == 0:   # the child: never returns, never runs the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            _write_records(tmp, size - 1, *parts())
+            code = 0
+        except BaseException as exc:
+            os.write(write_end, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    return PendingState(path, tmp, size - 1, pid, read_end)
+
+
+def spare_core() -> bool:
+    """Whether a forked helper would run beside this process rather than take turns with it on
+    one core (which costs more than doing the work here): the last minute's load left a core idle."""
+    return os.getloadavg()[0] + 1 <= len(os.sched_getaffinity(0))
+
+
+def _write_records(tmp, mask, records, children, cohorts) -> None:
+    shards = [({}, {}) for _ in range(mask + 1)]
     for gen_id, record in records.items():
-        shards[shard_of(gen_id)][0][gen_id] = record
+        shards[_shard(gen_id, mask)][0][gen_id] = record
     for parent, kids in children.items():
-        shards[shard_of(parent)][1][parent] = kids
-    tmp = new_tmp(path)
+        shards[_shard(parent, mask)][1][parent] = kids
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = OFF")   # a new file, renamed into place when complete
@@ -224,16 +269,71 @@ def write_state(tables_dir, state, records, children, cohorts) -> None:
         db.executemany("INSERT INTO shards VALUES (?, ?)",
                        ((n, _pack(shard)) for n, shard in enumerate(shards) if shard[0] or shard[1]))
         db.executemany("INSERT INTO cohorts VALUES (?, ?)", ((repr(c), _pack(e)) for c, e in cohorts.items()))
-        db.executemany("INSERT INTO meta VALUES (?, ?)", _meta_rows(state))
         db.execute("COMMIT")
-    except BaseException:
-        os.unlink(tmp)
-        raise
     finally:
         db.close()
-    os.replace(tmp, path)
-    for name in _OLD_STATE_FILES:
-        (tables_dir / name).unlink(missing_ok=True)
+
+
+@dataclass
+class PendingState:
+    """A state being written by save_state's child process (pid None: already written here)."""
+    path: Path
+    tmp: str
+    mask: int
+    pid: int
+    errors: int   # read end of a pipe: the child's error message, if it fails
+
+    def finish(self, state) -> None:
+        """Wait for the child; add ``state``'s segments and meta; put the file in place.
+        Raises StoreError when the child failed."""
+        try:
+            status = self._wait()
+            if status != 0:
+                message = os.read(self.errors, 4000).decode("utf-8", "replace") or f"exit status {status}"
+                raise StoreError(f"{self.path}: cannot save the fold state ({message}); free disk "
+                                 "space or fix permissions, then rerun")
+            state.mask = self.mask
+            db = sqlite3.connect(self.tmp, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode = OFF")
+                db.execute("PRAGMA synchronous = OFF")
+                db.execute("BEGIN")
+                db.executemany("INSERT INTO meta VALUES (?, ?)", _meta_rows(state))
+                db.execute("COMMIT")
+            finally:
+                db.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        if self.errors is not None:
+            os.close(self.errors)
+        for name in _OLD_STATE_FILES:
+            (self.path.parent / name).unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Stop the child if it still runs and drop its file (the saved state stays as it was)."""
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._wait()
+        if self.errors is not None:
+            os.close(self.errors)
+            self.errors = None
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+    def _wait(self) -> int:
+        """The child's exit status, once it has ended (reaped: no zombie is left)."""
+        if self.pid is None:
+            return 0
+        _, status = os.waitpid(self.pid, 0)   # retried on EINTR (PEP 475)
+        self.pid = None
+        return os.waitstatus_to_exitcode(status)
 
 
 def read_checked(path):
@@ -262,14 +362,85 @@ def read_new(state, sink, stats, skip_bad) -> bool:
     segment; fill ``stats`` (ReadStats). False (with ``state`` half-updated: discard it) when only
     a full replay is right. From an empty state this is the full replay, duplicates and all."""
     events_dir = Path(state.events_dir)
-    incremental = bool(state.segments)
     present = iter_segments(events_dir)
     rels = [p.relative_to(events_dir).as_posix() for p in present]
     if not state.segments.keys() <= set(rels):
         log.info("a segment of the event log disappeared; replaying the whole log")
         return False
-    duplicates, seen = stats.duplicates, set()
-    for path, rel in zip(present, rels):
+    return _read(state, sink, stats, skip_bad, zip(present, rels), set(), bool(state.segments))
+
+
+def read_all(state, fold, stats, skip_bad) -> None:
+    """read_new from an empty ``state`` into ``fold`` (a pipeline.replay.Fold), with the same
+    result; for a big log a forked child (the machine's other core) scans and folds the later
+    segments meanwhile and hands its fold over (Fold.export/merge). Whenever the child's part
+    cannot simply be merged - it failed (a bad line: this process then raises the same error),
+    or it holds an event_id of this process's part - this process reads that part itself."""
+    events_dir = Path(state.events_dir)
+    present = iter_segments(events_dir)
+    segments = [(p, p.relative_to(events_dir).as_posix()) for p in present]
+    sizes = [p.stat().st_size for p in present]
+    if sum(sizes) < PARALLEL_BYTES or len(segments) < 2 or not spare_core():
+        _read(state, fold, stats, skip_bad, segments, set(), False)
+        return
+    # the first half of the bytes here (the merge here costs about what marshalling costs there)
+    split, before = 1, sizes[0]
+    while split < len(sizes) - 1 and before + sizes[split] <= sum(sizes) / 2:
+        before += sizes[split]
+        split += 1
+    later = segments[split:]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the child: never returns, never runs the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            part, part_stats, seen = type(fold)(), ReadStats(), set()
+            part_state = FoldState.empty(events_dir)
+            _read(part_state, part, part_stats, skip_bad, later, seen, False)
+            data = marshal.dumps((part.export(), astuple(part_stats), list(seen),
+                                  {rel: astuple(seg) for rel, seg in part_state.segments.items()}))
+            with os.fdopen(write_end, "wb") as out:
+                out.write(data)
+            code = 0
+        finally:   # a failure writes nothing: the parent reads the part itself and meets it too
+            os._exit(code)
+    os.close(write_end)
+    try:
+        seen = set()
+        _read(state, fold, stats, skip_bad, segments[:split], seen, False)
+        with os.fdopen(read_end, "rb") as pipe:
+            read_end = None
+            data = pipe.read()
+        _, status = os.waitpid(pid, 0)
+        pid = None
+    finally:
+        if pid is not None:   # this process failed or was interrupted: stop the child, reap it
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        if read_end is not None:
+            os.close(read_end)
+    part = marshal.loads(data) if status == 0 and data else None
+    if part is None or not seen.isdisjoint(part[2]):
+        _read(state, fold, stats, skip_bad, later, seen, False)
+        return
+    exported, (n_segments, lines, events, duplicates, torn, bad, unknown_types), _, part_segments = part
+    fold.merge(exported)
+    stats.segments += n_segments
+    stats.lines += lines
+    stats.events += events
+    stats.duplicates += duplicates
+    stats.torn += torn
+    stats.bad += bad
+    for etype, n in unknown_types.items():
+        stats.unknown_types[etype] = stats.unknown_types.get(etype, 0) + n
+    state.segments.update((rel, Segment(*seg)) for rel, seg in part_segments.items())
+
+
+def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
+    """read_new over ``segments`` ((path, relative path) pairs); ``seen``: the event_ids met so far."""
+    duplicates = stats.duplicates
+    for path, rel in segments:
         seg = state.segments.get(rel) or Segment()
         with open(path, "rb") as fh:
             # compared on every pass, also when size and mtime are unchanged (mtime has coarse ticks)

@@ -93,6 +93,17 @@ class _Gen:
         self.call_keys = []   # (ts, event_id) of its llm_calls rows: orders calls at one ts
 
 
+_VALUES = attrgetter(*_Gen.__slots__)
+
+
+def _gen_from(values):
+    """The _Gen whose _VALUES are ``values``."""
+    g = _Gen.__new__(_Gen)
+    for name, value in zip(_Gen.__slots__, values):
+        setattr(g, name, value)
+    return g
+
+
 class Fold:
     """The folded state: the latest of everything per generation and cohort, and every call row.
 
@@ -166,6 +177,45 @@ class Fold:
                     ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
                     "failed", get("status"), get("error_class"), _bool(get("will_retry")),
                     None, None, None, None)))
+        return self
+
+    def export(self) -> tuple:
+        """The fold as builtins (marshal), for merge()."""
+        return {gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls, self.cohort_events
+
+    def merge(self, exported) -> "Fold":
+        """Fold in another fold's export(), as if its events, all later in file order than this
+        fold's (pipeline.fold_state.read_all), had been added here."""
+        gens_values, cohorts, calls, cohort_events = exported
+        gens = self.gens
+        for gen_id, values in gens_values.items():
+            g = gens.get(gen_id)
+            if g is None:
+                gens[gen_id] = _gen_from(values)
+                continue
+            o = _gen_from(values)
+            if o.status_key > g.status_key:
+                g.status_key, g.status, g.lineage = o.status_key, o.status, o.lineage
+                if o.status == "failed":
+                    g.error = o.error
+            if o.done_key > g.done_key:
+                g.done_key, g.done = o.done_key, o.done
+            if o.reused_ts is not None and (g.reused_ts is None or o.reused_ts > g.reused_ts):
+                g.reused_ts = o.reused_ts
+            if o.parse_key > g.parse_key:
+                g.parse_key, g.parse = o.parse_key, o.parse
+            if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
+                g.origin_key, g.origin = o.origin_key, o.origin
+            g.cohorts |= o.cohorts
+            g.ids += o.ids
+            g.call_keys += o.call_keys
+        for cohort_id, (key, ev) in cohorts.items():
+            current = self.cohorts.get(cohort_id)
+            if current is None or key > current[0]:
+                self.cohorts[cohort_id] = (key, ev)
+        for cohort_id, ids in cohort_events.items():
+            self.cohort_events.setdefault(cohort_id, []).extend(ids)
+        self.calls += calls
         return self
 
     def tables(self) -> dict:
@@ -404,19 +454,31 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     stats = ReplayStats(read=ReadStats(), tables_dir=tables_dir, version_after=uuid.uuid4().hex)
     state = fold_state.FoldState.empty(events_dir)
     fold = Fold()
-    fold_state.read_new(state, fold, stats.read, skip_bad)
+    fold_state.read_all(state, fold, stats.read, skip_bad)
     stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
     listings = _listings(fold.cohorts)
     gens, members, lineage = _resolve(fold.gens, listings)
-    tables = _tables(gens, members, lineage, fold.calls)
-    for name in TABLES:
-        columns, rows = tables[name]
-        # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
-        write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
-        stats.rows[name] = len(rows)
-    # after the tables: a state never covers events the tables do not show
-    values = attrgetter(*_Gen.__slots__)
-    records = {gen_id: (values(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
+    # The state is written by a forked child (the second core) while this process writes the
+    # tables, and put in place after them: a state never covers events the tables do not show.
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage))
+    try:
+        tables = _tables(gens, members, lineage, fold.calls)
+        for name in TABLES:
+            columns, rows = tables[name]
+            # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+            write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
+            stats.rows[name] = len(rows)
+        state.meta = _meta(stats, tables, tables_dir)
+    except BaseException:
+        saving.abort()
+        raise
+    saving.finish(state)
+    return stats
+
+
+def _state_parts(fold, listings, lineage) -> tuple:
+    """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta."""
+    records = {gen_id: (_VALUES(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
     for gen_id in listings.keys() - fold.gens.keys():
         records[gen_id] = (None, listings[gen_id])
     children = {}
@@ -426,9 +488,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
             children.setdefault(parent, []).append(gen_id)
     cohorts = {cohort_id: (key, list(_listing(ev)), fold.cohort_events[cohort_id])
                for cohort_id, (key, ev) in fold.cohorts.items()}
-    state.meta = _meta(stats, tables, tables_dir)
-    fold_state.write_state(tables_dir, state, records, children, cohorts)
-    return stats
+    return records, children, cohorts
 
 
 def _meta(stats, tables, tables_dir) -> dict:

@@ -20,20 +20,19 @@ import math
 import uuid
 from collections import namedtuple
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from pathlib import Path
 
 from . import fold_state
 from .csv_splice import SpliceError, groups_in_file, splice, splice_file
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
-from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _SCORE_AT, _lineage, _listing, _member,
-                     _model_template_cell, _model_template_table, _pivot_cells, _pivot_column, _pivot_rows,
+from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _gen_from, _SCORE_AT, _VALUES, _lineage,
+                     _listing, _member, _model_template_cell, _model_template_table, _pivot_cells, _pivot_column, _pivot_rows,
                      _rows, table_files, to_csv)
 
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
 log = logging.getLogger(__name__)
-_VALUES = attrgetter(*_Gen.__slots__)
 _IDS_AT = _Gen.__slots__.index("ids")
 _CALL_KEYS_AT = _Gen.__slots__.index("call_keys")
 # a record's values, read-only, as the row functions read a _Gen
@@ -73,13 +72,6 @@ def update(state, tables_dir: Path, skip_bad) -> ReplayStats:
     except FileNotFoundError:   # a table vanished under us
         return None
     return stats
-
-
-def _gen_from(values):
-    g = _Gen.__new__(_Gen)
-    for name, value in zip(_Gen.__slots__, values):
-        setattr(g, name, value)
-    return g
 
 
 class _View:

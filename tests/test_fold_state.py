@@ -205,3 +205,110 @@ def test_each_kind_of_change_replays_incrementally_to_the_full_replays_bytes(tmp
     stats, tables = incremental(data, events)
     assert stats.incremental and tables == full_replay(tmp_path, events, "same-ts")
     assert (data / "tables" / "llm_calls.csv").read_text().count(f"\n{taken},") == 3
+
+
+def test_a_state_the_child_process_cannot_write_is_a_clear_error_and_leaves_the_old_state(tmp_path, monkeypatch):
+    import os
+    import sqlite3
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.errors import StoreError
+
+    events = tmp_path / "events"
+    tables = tmp_path / "tables"
+    generate(events, 300, writers=2, seed=1)
+    replay(events, tables)
+    before = {path.name: path.read_bytes() for path in tables.iterdir()}
+
+    def disk_full(*args):   # runs in the forked child that writes the state
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(fold_state, "_write_records", disk_full)
+    monkeypatch.setattr(fold_state, "spare_core", lambda: True)   # the child, however busy the machine
+    with pytest.raises(StoreError, match=r"_fold_state.sqlite: cannot save the fold state "
+                                         r"\(OperationalError: database or disk is full\)"):
+        replay(events, tables, full=True)
+    # the old state stays (it matches the unchanged tables), no temporary file, no zombie child
+    assert {path.name for path in tables.iterdir()} == set(before)
+    assert (tables / STATE_FILE).read_bytes() == before[STATE_FILE]
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_an_interrupted_full_replay_stops_the_state_writing_child_and_leaves_no_file(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline import replay as replay_module
+
+    monkeypatch.setattr(fold_state, "spare_core", lambda: True)   # the child, however busy the machine
+    events = tmp_path / "events"
+    tables = tmp_path / "tables"
+    generate(events, 300, writers=2, seed=1)
+
+    def interrupted(*args):   # Ctrl-C while this process builds the tables
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(replay_module, "_tables", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replay(events, tables, full=True)
+    assert list(tables.iterdir()) == []
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.events import EventLogError
+
+    events = tmp_path / "events"
+    generate(events, 3000, writers=4, seed=3)
+    day = events / "2025-01-01"
+    first, *_, last = sorted(day.iterdir())
+    # a torn last line in the child's half
+    with open(last, "a") as fh:
+        fh.write('{"event_id": "torn')
+
+    def both(name, **kwargs):
+        """(stats, tables, state segments) of a full replay by one process (no core to spare), then
+        by three (two reading, one saving the state)."""
+        results = []
+        for spare in (False, True):
+            monkeypatch.setattr(fold_state, "PARALLEL_BYTES", 0)
+            monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+            tables = tmp_path / f"{name}-{spare}"
+            stats = replay(events, tables, full=True, **kwargs)
+            state = fold_state.open_state(tables, events)
+            results.append((stats.read, stats.rows, {n: (tables / f"{n}.csv").read_bytes() for n in TABLES},
+                            state.segments, state.meta["rows"]))
+            state.close()
+            with pytest.raises(ChildProcessError):   # every child reaped
+                os.waitpid(-1, os.WNOHANG)
+        return results
+
+    one, two = both("plain")
+    assert one == two and one[0].torn and one[0].events > 2500
+
+    # a copy of the first segment at the end: the duplicates are the second process's
+    (day / ("z" + first.name)).write_bytes(first.read_bytes())
+    one, two = both("duplicated")
+    assert one == two and one[0].duplicates > 500
+
+    # bad lines in the second process's half (the torn line is no longer last): skipped and
+    # counted alike, or the same error
+    with open(last, "a") as fh:
+        fh.write('\n{"event_id": "x", "schema": 1, "ts": "2025-01-01T00:00:00Z", "type": "score_parsed"}\n')
+    one, two = both("skip_bad", skip_bad=True)
+    assert one == two and len(one[0].bad) == 2
+    for spare in (False, True):
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        with pytest.raises(EventLogError, match=rf"{last.name}:\d+: malformed event \(invalid JSON"):
+            replay(events, tmp_path / "bad", full=True)
