@@ -46,6 +46,7 @@ _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 32
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
 PARALLEL_BYTES = 16 << 20
+PARALLEL_RECORDS = 50_000   # fewer are saved in well under a second: not worth a fork
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE cohorts (k TEXT PRIMARY KEY, v BLOB NOT NULL)")
@@ -220,7 +221,7 @@ def save_state(tables_dir, n_records, parts) -> "PendingState":
     while size * GENS_PER_SHARD < n_records:
         size *= 2
     tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
-    if not spare_core():
+    if n_records < PARALLEL_RECORDS or not spare_core():
         try:
             _write_records(tmp, size - 1, *parts())
         except BaseException:

@@ -226,6 +226,7 @@ def test_a_state_the_child_process_cannot_write_is_a_clear_error_and_leaves_the_
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(fold_state, "_write_records", disk_full)
+    monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
     monkeypatch.setattr(fold_state, "spare_core", lambda: True)   # the child, however busy the machine
     with pytest.raises(StoreError, match=r"_fold_state.sqlite: cannot save the fold state "
                                          r"\(OperationalError: database or disk is full\)"):
@@ -244,6 +245,8 @@ def test_an_interrupted_full_replay_stops_the_state_writing_child_and_leaves_no_
 
     from pipeline import fold_state
     from pipeline import replay as replay_module
+
+    monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
 
     monkeypatch.setattr(fold_state, "spare_core", lambda: True)   # the child, however busy the machine
     events = tmp_path / "events"
@@ -283,6 +286,7 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
         results = []
         for spare in (False, True):
             monkeypatch.setattr(fold_state, "PARALLEL_BYTES", 0)
+            monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
             monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
             tables = tmp_path / f"{name}-{spare}"
             stats = replay(events, tables, full=True, **kwargs)
@@ -309,6 +313,7 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
     one, two = both("skip_bad", skip_bad=True)
     assert one == two and len(one[0].bad) == 2
     for spare in (False, True):
+        monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
         monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
         with pytest.raises(EventLogError, match=rf"{last.name}:\d+: malformed event \(invalid JSON"):
             replay(events, tmp_path / "bad", full=True)
