@@ -250,8 +250,9 @@ def save_state(tables_dir, n_records, parts) -> "PendingState":
 
 def spare_core() -> bool:
     """Whether a forked helper would run beside this process rather than take turns with it on
-    one core (which costs more than doing the work here): the last minute's load left a core idle."""
-    return os.getloadavg()[0] + 1 <= len(os.sched_getaffinity(0))
+    one core (which costs more than doing the work here): the last minute's load, this process's own
+    share in it included, left about a core idle."""
+    return os.getloadavg()[0] + 0.5 < len(os.sched_getaffinity(0))
 
 
 def _write_records(tmp, mask, records, children, cohorts) -> None:
