@@ -22,10 +22,13 @@ older state means a full replay, never an error.
 A full replay uses the machine's second core twice: read_all has a forked child scan and fold the
 later half of a big log, and save_state has one write the new state while the tables are written.
 """
+import errno
 import hashlib
 import logging
 import marshal
 import os
+import resource
+import shutil
 import signal
 import sqlite3
 import zlib
@@ -224,8 +227,10 @@ def save_state(tables_dir, n_records, parts) -> "PendingState":
     if n_records < PARALLEL_RECORDS or not spare_core():
         try:
             _write_records(tmp, size - 1, *parts())
-        except BaseException:
+        except BaseException as exc:
             os.unlink(tmp)
+            if isinstance(exc, sqlite3.Error):   # the message the forked writer's failure gets
+                raise save_error(path, f"{type(exc).__name__}: {exc}") from None
             raise
         return PendingState(path, tmp, size - 1, None, None)
     try:
@@ -246,6 +251,23 @@ def save_state(tables_dir, n_records, parts) -> "PendingState":
             os._exit(code)
     os.close(write_end)
     return PendingState(path, tmp, size - 1, pid, read_end)
+
+
+def save_error(path, why) -> StoreError:
+    """The StoreError for a fold state that could not be written. sqlite reports a full disk or a
+    file size limit only as "disk I/O error", so the likely cause is looked up and named."""
+    causes = []
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        causes.append(f"{os.strerror(errno.EFBIG)}: this process may write files of at most {limit} bytes (ulimit -f)")
+    try:
+        if shutil.disk_usage(Path(path).parent).free < 64 << 20:
+            causes.append(os.strerror(errno.ENOSPC))
+    except OSError:
+        pass
+    cause = f"; {'; '.join(causes)}" if causes else ""
+    return StoreError(f"{path}: cannot save the fold state ({why}{cause}); free disk space, raise the "
+                      "file size limit or fix permissions, then rerun")
 
 
 def spare_core() -> bool:
@@ -292,8 +314,7 @@ class PendingState:
             status = self._wait()
             if status != 0:
                 message = os.read(self.errors, 4000).decode("utf-8", "replace") or f"exit status {status}"
-                raise StoreError(f"{self.path}: cannot save the fold state ({message}); free disk "
-                                 "space or fix permissions, then rerun")
+                raise save_error(self.path, message)
             state.mask = self.mask
             db = sqlite3.connect(self.tmp, isolation_level=None)
             try:

@@ -17,6 +17,7 @@ import gc
 import io
 import math
 import os
+import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from operator import attrgetter, itemgetter
@@ -445,6 +446,8 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
         stats = _replay_full(events_dir, Path(tables_dir), skip_bad)
         stats.version_before = state.meta["version"] if state is not None else None
         return stats
+    except sqlite3.OperationalError as exc:   # e.g. a full disk, as sqlite words it
+        raise fold_state.save_error(Path(tables_dir) / fold_state.STATE_FILE, f"{type(exc).__name__}: {exc}") from None
     finally:
         if gc_was_enabled:
             gc.enable()
