@@ -27,7 +27,6 @@ import luigi.execution_summary
 import luigi.interface
 import luigi.rpc
 import luigi.scheduler
-import luigi.worker
 
 from . import claims, lifeline, runlog, store
 from .stages import PARENT
@@ -117,19 +116,13 @@ def _spawned(plan):
     run(plan)
 
 
-class _Schedulers:
+class _Schedulers(luigi.interface._WorkerSchedulerFactory):
     """luigi.build's ``worker_scheduler_factory``: luigi's own, except that a chunk's local scheduler
     does not prune its task graph on every request for work (luigi's does, a walk over every task
     each time a task starts). A chunk's build is short-lived and its one worker is this process."""
 
     def create_local_scheduler(self):
         return luigi.scheduler.Scheduler(prune_on_get_work=False, record_task_history=False)
-
-    def create_remote_scheduler(self, url):
-        return luigi.rpc.RemoteScheduler(url)
-
-    def create_worker(self, scheduler, worker_processes, assistant=False):
-        return luigi.worker.Worker(scheduler=scheduler, worker_processes=worker_processes, assistant=assistant)
 
 
 def _build(tasks, plan) -> bool:
