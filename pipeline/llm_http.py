@@ -126,9 +126,9 @@ class OpenAIClient:
             s = requests.Session()
             # the environment's proxy and CA-bundle settings, read once here instead of on every
             # request (requests re-reads os.environ per call: ~0.7 ms, a third of a stub call)
+            settings = s.merge_environment_settings(self.base_url, {}, None, None, None)
             s.trust_env = False
-            s.proxies = requests.utils.get_environ_proxies(self.base_url)
-            s.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            s.proxies, s.verify = settings["proxies"], settings["verify"]
             adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16)
             s.mount("http://", adapter)
             s.mount("https://", adapter)
