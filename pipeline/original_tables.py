@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES   # read_csv's default na_values
 
-from . import csv_lines
+from . import sorted_csv
 from .errors import PipelineError, StoreError
 from .fold_state import read_checked, write_checked
 from .fsio import remove_stale_tmp, write_bytes_atomic, write_if_changed, write_text_atomic
@@ -80,8 +80,8 @@ def _evaluation_table(tables_dir, gen_ids=None) -> tuple:
     if gen_ids is None:
         data = path.read_bytes()
     else:
-        whole = csv_lines.mapped(path)
-        data = csv_lines.select(whole, [str(g).encode("utf-8") for g in gen_ids]) or whole[:]
+        whole = sorted_csv.mapped(path)
+        data = sorted_csv.select(whole, [str(g).encode("utf-8") for g in gen_ids]) or whole[:]
     reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
     header = next(reader, [])
     return header, [row for row in reader if row]
@@ -437,7 +437,7 @@ def _write_pivot(path, scores, essay_origins, allowlist=None):
 # data/7_cross_experiment holds one line per evaluation of the whole log, sorted by gen_id, and the
 # pivot of one line per essay task. A run on a long history changes a few of them, so after a replay
 # that says which evaluation rows changed (ReplayStats.delta) the files are updated in place:
-# changed rows are spliced into the sorted files (pipeline.csv_lines finds them) and only the pivot
+# changed rows are spliced into the sorted files (pipeline.sorted_csv finds them) and only the pivot
 # lines of the tasks they touch are computed again, by the same pandas code over those tasks' rows.
 # CROSS_STATE records what that needs and the replay version the files reflect; whenever it does
 # not match the replay's version_before, or an update could differ from a full build, the files are
@@ -591,12 +591,16 @@ def _update(state, changes, data_root, tables_dir, out):
         lines = _lines(to_csv_text(normalized_frame(new, columns)), len(new))
         if lines is None:
             return None
+        new_lines = iter(lines[1])   # sorted ids with a row in ``changes`` take the next line
+        groups = {g: next(new_lines).encode("utf-8") if changes[g] is not None else b"" for g in ids}
         try:
-            files[name] = _splice(csv_lines.mapped(out / name), ids, changes, lines[1], column)
-        except (FileNotFoundError, csv_lines.Unsorted):
+            data = sorted_csv.mapped(out / name)
+            files[name] = (sorted_csv.rows(data, [g.encode("utf-8") for g in ids], column),
+                           sorted_csv.splice(data, groups, column)[0])
+        except (FileNotFoundError, sorted_csv.SortedCsvError):
             return None
     old_lines, aggregated = files["aggregated_scores.csv"]
-    if csv_lines.body_start(aggregated) == len(aggregated):
+    if aggregated.find(b"\n") + 1 in (0, len(aggregated)):
         return None   # no rows left: the full build removes the files
     # the pivot: move the changed rows between tasks, then compute the lines of the tasks touched
     old_rows = [dict(zip(AGGREGATED_COLUMNS, (c or None for c in cells)))
@@ -655,26 +659,6 @@ def _needs_quotes(gen_id) -> bool:
     return not gen_id or any(c in gen_id for c in ',"\r\n')
 
 
-def _splice(data, ids, changes, lines, column) -> tuple:
-    """(the lines of ``ids`` in ``data``, ``data`` with them replaced): sorted ``ids`` with a
-    row in ``changes`` take the next of ``lines``, the others are removed. ``column``: the gen_id's."""
-    view = memoryview(data)   # pieces of a (mapped) file without copying them before the join
-    pos = csv_lines.body_start(data)
-    pieces, old, new = [view[:pos]], [], iter(lines)
-    for gen_id in ids:
-        start, end, found = csv_lines.locate(data, gen_id.encode("utf-8"), column, pos)
-        pieces.append(view[pos:start])
-        if found:
-            old.append(view[start:end + 1])
-            pos = end + 1
-        else:
-            pos = start
-        if changes[gen_id] is not None:
-            pieces.append(next(new).encode("utf-8"))
-    pieces.append(view[pos:])
-    return b"".join(old), b"".join(pieces)
-
-
 def _pivot_header(columns) -> str:
     """The pivot's header line for score ``columns`` (pandas writes it with csv.writer)."""
     out = io.StringIO()
@@ -706,7 +690,7 @@ def _task_lines(touched, tasks, columns, aggregated, tables_dir):
     updated aggregated_scores.csv bytes, with ``columns`` as its score columns; None if that
     cannot be the full build's text."""
     gen_ids = sorted(g for task in touched for g in tasks[task])
-    rows = csv_lines.select(aggregated, [g.encode("utf-8") for g in gen_ids], _AGG_GEN_ID)
+    rows = sorted_csv.select(aggregated, [g.encode("utf-8") for g in gen_ids], _AGG_GEN_ID)
     if rows is None:
         return None
     # the text columns as text: what pandas reads them as over all rows (see _TEXT_COLUMNS)

@@ -7,7 +7,7 @@ A generation's rows depend on its own record (its folded events and the cohorts 
 for an evaluation, on its essay's and draft's lineage and its essay's creator cohort; the saved
 children lists lead from a changed generation to the rows below it. A pivot row depends on the
 scores of one essay's evaluations, so each essay whose scores change has its pivot rows computed
-again from its evaluations. The rows go into the sorted CSVs in place (pipeline.csv_splice), and
+again from its evaluations. The rows go into the sorted CSVs in place (pipeline.sorted_csv), and
 the model x template means keep exact partial sums (the same math.fsum as a full replay).
 Anything this cannot reproduce byte for byte - a duplicated event, a table changed by someone
 else, an evaluation without an essay getting a score, a -0.0 score - returns None and the caller
@@ -24,7 +24,7 @@ from operator import itemgetter
 from pathlib import Path
 
 from . import fold_state
-from .csv_splice import SpliceError, groups_in_file, splice, splice_file
+from .sorted_csv import SortedCsvError, groups_in_file, splice, splice_file
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
 from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _gen_from, _SCORE_AT, _VALUES, _lineage,
@@ -66,7 +66,7 @@ def update(state, tables_dir: Path, skip_bad) -> ReplayStats:
             return None
         stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
         _Update(state, tables_dir, stats).run(pairs)
-    except (_GiveUp, SpliceError, fold_state.StateError) as exc:
+    except (_GiveUp, SortedCsvError, fold_state.StateError) as exc:
         log.info("incremental replay gave up (%s); replaying the whole log", exc)
         return None
     except FileNotFoundError:   # a table vanished under us

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import csv_lines
+from . import sorted_csv
 from .combos import read_mappings
 from .errors import PipelineError, StoreError
 from .fsio import write_if_changed
@@ -83,12 +83,12 @@ def _table_path(paths, name) -> Path:
 def read_cohort_tables(paths, members) -> dict:
     """The tables cohort_data reads, typed as load_tables types them, with just the rows of
     ``members`` (read_membership rows): on a long history a cohort's report parses its own rows,
-    not everyone's (pipeline.csv_lines finds them)."""
+    not everyone's (pipeline.sorted_csv finds them)."""
     ids = [str(r["gen_id"]).encode("utf-8") for r in members]
     tables = {}
     for name, column in _COHORT_TABLES.items():
-        data = csv_lines.mapped(_table_path(paths, name))
-        rows = csv_lines.select(data, ids, column, sorted_by_key=column == 0)
+        data = sorted_csv.mapped(_table_path(paths, name))
+        rows = sorted_csv.select(data, ids, column, sorted_by_key=column == 0)
         tables[name] = parse_table(name, io.BytesIO(data if rows is None else rows))
     return tables
 
