@@ -43,7 +43,7 @@ from .errors import PipelineError, SpecError, StoreError
 from .fsio import read_json
 from .paths import Paths, check_id
 from .stages import STAGES
-from .spec import compile_spec, load_spec
+from .spec import compile_spec, file_refs, load_spec
 
 MEMBERSHIP_FIELDS = ["stage", "gen_id", "origin_cohort_id", "parent_gen_id", "combo_id", "template_id",
                      "llm_model_id", "replicate"]
@@ -394,11 +394,17 @@ def listed_cohort(paths: Paths, cohort_id: str, catalog: Catalog) -> Cohort:
 
 
 def spec_folder_hash(spec_path) -> str:
-    """Hash of the spec and every file beside it (its @file includes live there)."""
+    """Hash of the spec, every file beside it and the files its ``@file:`` references name
+    elsewhere (e.g. a curated list under data/cohorts/<id>/curation/): an edit of any of them
+    means the cohort is built again."""
     digest = hashlib.sha256()
     folder = Path(spec_path).parent
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    inside = folder.resolve()
+    for path in sorted({p.resolve() for p in file_refs(spec_path)}):
+        if inside not in path.parents:   # a spec without such references keeps its earlier hash
+            digest.update(b"\1" + str(path).encode() + b"\0" + (path.read_bytes() if path.is_file() else b"\1missing"))
     return digest.hexdigest()[:16]
 
 

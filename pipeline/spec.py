@@ -105,6 +105,29 @@ def load_spec(path) -> dict:
         raise SpecError(f"{path}: {exc}") from None
 
 
+def file_refs(path) -> list:
+    """The files the ``@file:`` references of spec ``path`` name, relative to its folder, in the
+    order written; [] for a spec that cannot be read (compiling it says why).
+
+    >>> file_refs("cohorts/c1/spec.yaml")
+    [PosixPath('cohorts/c1/items/models.csv')]
+    """
+    try:
+        doc = load_spec(path)
+    except SpecError:
+        return []
+    found, todo = [], [doc]
+    while todo:
+        value = todo.pop()
+        if _is_file_ref(value):
+            found.append(Path(path).parent / value[len(FILE_PREFIX):].strip())
+        elif isinstance(value, dict):
+            todo.extend(reversed(list(value.values())))
+        elif isinstance(value, (list, tuple)):
+            todo.extend(reversed(value))
+    return found
+
+
 def compile_spec(path, allowed_axes=None, extra_axes=None, original=None, seed=None) -> CompiledSpec:
     """Compile a spec file into rows.
 

@@ -15,7 +15,7 @@ from pipeline.errors import SpecError, StoreError
 from pipeline.events import EventLog, read_events
 from pipeline.membership import compile_cohort, read_membership
 from pipeline.paths import Paths
-from pipeline.store import write_cohort
+from pipeline.store import cohort_is_current, write_cohort
 
 from conftest import SMALL, output_of, run_daydream, run_luigi, write_spec
 
@@ -192,6 +192,25 @@ def test_build_writes_membership_and_seeds_and_is_idempotent(paths):
     assert snapshot() == before
     built = [e for e in read_events(paths.events_dir).events if e["type"] == "cohort_built"]
     assert len(built) == 1 and built[0]["counts"]["evaluation"] == 18 and len(built[0]["members"]) == 30
+
+
+def test_an_edit_of_a_list_outside_the_spec_folder_rebuilds_the_cohort(paths):
+    # as this project's build-cohort-from-list hint writes it: a list kept beside the data
+    lists = paths.cohorts_root / "lists"
+    lists.mkdir(parents=True)
+    (lists / "judges.txt").write_text("clarity-v1\n")
+    spec(paths, "c1", SPEC.replace("[clarity-v1]", "'@file:../lists/judges.txt'"))
+    cat = load_catalog(paths)
+    events = EventLog(paths.events_dir)
+    assert write_cohort(paths, compile_cohort(paths, "c1", cat), events) is True
+    assert cohort_is_current(paths, "c1", cat)
+    (lists / "judges.txt").write_text("clarity-v1\nmechanism-check-v1\n")
+    assert not cohort_is_current(paths, "c1", cat)
+    assert write_cohort(paths, compile_cohort(paths, "c1", cat), events) is True
+    assert cohort_is_current(paths, "c1", cat)
+    assert len([r for r in read_membership(paths.membership_csv("c1")) if r["stage"] == "evaluation"]) == 36
+    (lists / "judges.txt").unlink()
+    assert not cohort_is_current(paths, "c1", cat)
 
 
 def test_second_cohort_adds_its_id_to_shared_generations(paths):
