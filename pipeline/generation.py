@@ -186,7 +186,7 @@ def _run(ctx, meta, gdir, base) -> str:
     meta.update(template_id=template.template_id, parser=template.parser, generator=template.generator,
                 started_at=meta.get("started_at") or now_iso())
 
-    call_info = {}
+    call_info, done = {}, None
     if template.generator == "copy":
         raw = read_parent_text(paths, meta)
         write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
@@ -214,27 +214,30 @@ def _run(ctx, meta, gdir, base) -> str:
             "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
             "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
         }
-        # metadata first: if the process dies between the two writes, the raw is what is missing
-        # (and re-bought), never the record of what a kept raw cost. Only the paid answer is
-        # fsynced (README "Durability": after a power cut this metadata may be the older one)
         meta.update(call_info)
+        try:
+            done = _parsed_into(meta, template, raw, started)
+        except ParseError:
+            pass  # recorded below, once the answer is saved
+        # one metadata write per bought answer, renamed in before raw.txt: if the process dies
+        # between the two, the raw is what is missing (and re-bought), never the record of what a
+        # kept raw cost. Only the paid answer is fsynced (README "Durability": after a power cut
+        # this metadata may be the older one)
         write_json_atomic(meta_path, meta, fsync=False)
         if not write_text_once(raw_path, raw):
-            raw = raw_path.read_text(encoding="utf-8")  # another worker won the race: keep theirs
+            raw, done = raw_path.read_text(encoding="utf-8"), None  # another worker won the race: keep theirs
         outcome = "completed"
 
-    try:
-        parsed, score = parse(stage, template.parser, raw)
-    except ParseError as exc:
-        events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
-        raise
-    duration = round(time.monotonic() - started, 3)
-    meta.update(status="done", error=None, completed_at=now_iso(), duration_s=duration,
-                raw_sha256=sha256(raw), parsed_sha256=sha256(parsed))
+    if done is None:
+        try:
+            done = _parsed_into(meta, template, raw, started)
+        except ParseError as exc:
+            events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
+            raise
+        write_json_atomic(meta_path, meta, fsync=False)
+    parsed, score = done
     if score is not None:
-        meta.update(score=score.score, score_scale=score.scale)
         events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
-    write_json_atomic(meta_path, meta, fsync=False)
     # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
     # logs a reuse); the other order could leave a finished generation the log never hears of
     rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),   # relative: data/ may be mounted
@@ -244,12 +247,23 @@ def _run(ctx, meta, gdir, base) -> str:
         events.emit("generation_reused", **common)
     else:
         events.emit("generation_completed", **common, source="run",
-                    copy=outcome == "copied", duration_s=duration,
+                    copy=outcome == "copied", duration_s=meta["duration_s"],
                     **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
                                                       "completion_tokens", "cost", "attempts")})
     events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
     write_text_atomic(parsed_path, parsed, fsync=False)  # derived from raw.txt: `daydream reparse`
     return outcome
+
+
+def _parsed_into(meta, template, raw, started):
+    """(parsed text, score or None) of ``raw``, recorded in ``meta`` as done. Raises ParseError
+    (and leaves ``meta`` as it was)."""
+    parsed, score = parse(meta["stage"], template.parser, raw)
+    meta.update(status="done", error=None, completed_at=now_iso(), duration_s=round(time.monotonic() - started, 3),
+                raw_sha256=sha256(raw), parsed_sha256=sha256(parsed))
+    if score is not None:
+        meta.update(score=score.score, score_scale=score.scale)
+    return parsed, score
 
 
 def _fail(ctx, meta, meta_path, base, exc):
