@@ -22,12 +22,14 @@ _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
 _SEQ = itertools.count()  # with the pid, names this process's temp files apart (next() is atomic)
 
 
-def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
+def _write_tmp(path, data: bytes, fsync: bool = True) -> str:
     # the writer's host and pid in the name let remove_stale_tmp() tell leftovers of a killed
     # writer from files being written right now. os.open with mode 0o666 gives the file what the
     # umask allows (0644 usually), as open() would, so a data/ shared by several users stays
     # readable; O_EXCL never reuses a leftover of an earlier process that had this pid.
-    prefix = f"{os.fspath(path.parent)}/.{path.name}."
+    # Paths are handled as strings: a pathlib object per write costs more than the rename.
+    folder, name = os.path.split(os.fspath(path))
+    prefix = f"{folder}/.{name}."
     suffix = f".tmp-{_HOST}-{os.getpid()}"
     tmp, made_folder = None, False
     try:
@@ -40,7 +42,7 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
             except FileNotFoundError:
                 if made_folder:
                     raise
-                path.parent.mkdir(parents=True, exist_ok=True)  # only the first write in a folder
+                os.makedirs(folder, exist_ok=True)  # only the first write in a folder
                 made_folder = True
                 continue
             tmp = candidate
@@ -69,7 +71,7 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
 def new_tmp(path) -> str:
     """An empty temporary file beside ``path`` (to fill and os.replace), named so that
     remove_stale_tmp() deletes it if its writer dies."""
-    return _write_tmp(Path(path), b"", fsync=False)
+    return _write_tmp(path, b"", fsync=False)
 
 
 def remove_stale_tmp(folder, names=None) -> int:
@@ -111,9 +113,7 @@ def _alive(pid):
 def write_bytes_atomic(path, data, fsync: bool = True) -> None:
     """``fsync=False`` for bulk, re-derivable files (metadata seeds): rename stays atomic.
     ``data``: bytes, or a function given the open file descriptor to write them to."""
-    path = Path(path)
-    tmp = _write_tmp(path, data, fsync)
-    os.replace(tmp, path)
+    os.replace(_write_tmp(path, data, fsync), path)
 
 
 def write_text_atomic(path, text: str, fsync: bool = True) -> None:
@@ -130,7 +130,6 @@ def write_text_once(path, text: str, fsync: bool = True) -> bool:
     Used for paid LLM responses and claims: the temp file is renamed in with RENAME_NOREPLACE (or,
     where the system lacks that, linked in), which fails if the target exists, so two writers
     racing can never overwrite each other."""
-    path = Path(path)
     tmp = _write_tmp(path, text.encode("utf-8"), fsync)
     moved = _rename_noreplace(tmp, path)
     if moved is not None:
@@ -189,8 +188,8 @@ def write_if_changed(path, text: str, fsync: bool = True) -> bool:
 
 def read_json(path) -> dict:
     """Read a JSON object, with an error that names the file when it is corrupt."""
-    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: corrupt JSON ({exc}); restore it or delete it to regenerate") from exc

@@ -9,6 +9,7 @@ never overwritten), parsed.txt (the target; evaluations hold the score, e.g. "7.
 and claim.<n>.json while a process works on it (see claims.py): a generation another live process
 has claimed raises ClaimedElsewhere, which is not a failure.
 """
+import functools
 import hashlib
 import os
 import time
@@ -41,10 +42,11 @@ def sha256(text: str) -> str:
 
 
 def load_meta(paths, stage, gen_id) -> dict:
-    path = paths.gen_dir(stage, gen_id) / "metadata.json"
-    if not path.exists():
-        raise StoreError(f"{path}: no metadata for {stage} {gen_id}; build its cohort first (BuildCohort)")
-    meta = read_json(path)
+    path = f"{paths.gen_dir(stage, gen_id)}/metadata.json"
+    try:
+        meta = read_json(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no metadata for {stage} {gen_id}; build its cohort first (BuildCohort)") from None
     for key in ("stage", "gen_id") + LINEAGE:
         if key not in meta:
             raise StoreError(f"{path}: metadata lacks {key!r}; rebuild the cohort that owns {gen_id}")
@@ -74,9 +76,9 @@ def waiting_on(paths, stage, gen_id):
 
 def read_parent_text(paths, meta) -> str:
     parent_stage = PARENT_STAGE[meta["stage"]]
-    path = paths.gen_dir(parent_stage, meta["parent_gen_id"]) / "parsed.txt"
+    path = f"{paths.gen_dir(parent_stage, meta['parent_gen_id'])}/parsed.txt"
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_text(path)
     except FileNotFoundError:
         busy = waiting_on(paths, parent_stage, meta["parent_gen_id"])
         if busy is not None:
@@ -129,21 +131,23 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
     raised. Raises ClaimedElsewhere (not recorded: not a failure) if another live process holds
     the claim, and lifeline.ParentGone if the luigi process that started this one has died."""
     gdir = ctx.paths.gen_dir(stage, gen_id)
-    if (gdir / "parsed.txt").exists():
+    parsed = f"{gdir}/parsed.txt"
+    if os.path.exists(parsed):
         return "done"
     base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
-    _load_or_report(ctx, base)  # before claiming: a bad id or missing metadata leaves no claim behind
+    meta = _load_or_report(ctx, base)  # before claiming: a bad id or missing metadata leaves no claim behind
     lifeline.check_parent()
-    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=(gdir / "parsed.txt").exists) as claim:
+    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=functools.partial(os.path.exists, parsed)) as claim:
         remove_stale_tmp(gdir, claim.names)  # the owner clears what killed writers left
-        # look again under the claim: the previous owner may have finished it, or changed its metadata
-        if (gdir / "parsed.txt").exists():
+        # look again under the claim: the previous owner may have finished it
+        if os.path.exists(parsed):
             return "done"
-        meta = _load_or_report(ctx, base)
+        if claim.number > 1:  # ... or, failing or killed (its claim file stays), changed its metadata
+            meta = _load_or_report(ctx, base)
         try:
             return _run(ctx, meta, gdir, base)
         except PipelineError as exc:
-            _fail(ctx, meta, gdir / "metadata.json", base, exc)
+            _fail(ctx, meta, f"{gdir}/metadata.json", base, exc)
             raise
 
 
@@ -179,7 +183,7 @@ def reparse_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
 
 def _run(ctx, meta, gdir, base) -> str:
     paths, events, stage = ctx.paths, ctx.events, meta["stage"]
-    parsed_path, raw_path, meta_path = gdir / "parsed.txt", gdir / "raw.txt", gdir / "metadata.json"
+    parsed_path, raw_path, meta_path = f"{gdir}/parsed.txt", f"{gdir}/raw.txt", f"{gdir}/metadata.json"
     lineage = {k: meta[k] for k in LINEAGE}
     template = _template(ctx, meta)
     started = time.monotonic()
@@ -191,13 +195,13 @@ def _run(ctx, meta, gdir, base) -> str:
         raw = read_parent_text(paths, meta)
         write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
         outcome = "copied"
-    elif raw_path.exists():
-        raw = raw_path.read_text(encoding="utf-8")
+    elif os.path.exists(raw_path):
+        raw = _read_text(raw_path)
         outcome = "reused"
     else:
         model = _model(ctx, meta)
         prompt = render(ctx, meta)
-        write_text_atomic(gdir / "prompt.txt", prompt, fsync=False)  # re-rendered if lost
+        write_text_atomic(f"{gdir}/prompt.txt", prompt, fsync=False)  # re-rendered if lost
         events.emit("generation_started", **base, **lineage)
 
         def failed(attempt, status, error_class, message, will_retry, delay_s):
@@ -225,7 +229,7 @@ def _run(ctx, meta, gdir, base) -> str:
         # this metadata may be the older one)
         write_json_atomic(meta_path, meta, fsync=False)
         if not write_text_once(raw_path, raw):
-            raw, done = raw_path.read_text(encoding="utf-8"), None  # another worker won the race: keep theirs
+            raw, done = _read_text(raw_path), None  # another worker won the race: keep theirs
         outcome = "completed"
 
     if done is None:
@@ -240,8 +244,8 @@ def _run(ctx, meta, gdir, base) -> str:
         events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
     # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
     # logs a reuse); the other order could leave a finished generation the log never hears of
-    rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),   # relative: data/ may be mounted
-           "parsed_path": os.path.relpath(parsed_path, paths.data_root)}  # elsewhere on other machines
+    rel_dir = os.path.relpath(gdir, paths.data_root)  # relative: data/ may be mounted elsewhere on other machines
+    rel = {"raw_path": f"{rel_dir}/raw.txt", "parsed_path": f"{rel_dir}/parsed.txt"}
     common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
     if outcome == "reused":
         events.emit("generation_reused", **common)
@@ -253,6 +257,11 @@ def _run(ctx, meta, gdir, base) -> str:
     events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
     write_text_atomic(parsed_path, parsed, fsync=False)  # derived from raw.txt: `daydream reparse`
     return outcome
+
+
+def _read_text(path):
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
 
 
 def _parsed_into(meta, template, raw, started):
