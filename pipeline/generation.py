@@ -9,6 +9,7 @@ never overwritten), parsed.txt (the target; evaluations hold the score, e.g. "7.
 and claim.<n>.json while a process works on it (see claims.py): a generation another live process
 has claimed raises ClaimedElsewhere, which is not a failure.
 """
+import contextlib
 import functools
 import hashlib
 import os
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from . import claims, lifeline, parsers, prompts
 from .errors import ParseError, PipelineError, StoreError
-from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic, write_text_once
+from .fsio import read_json, remove_stale_tmp, swap_in_json, write_json_atomic, write_text_atomic, write_text_once
 from .stages import PARENT
 from .timestamps import now_iso, stamp
 
@@ -191,72 +192,83 @@ def _run(ctx, meta, gdir, base) -> str:
                 started_at=meta.get("started_at") or now_iso())
 
     call_info, done = {}, None
-    if template.generator == "copy":
-        raw = read_parent_text(paths, meta)
-        write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
-        outcome = "copied"
-    elif os.path.exists(raw_path):
-        raw = _read_text(raw_path)
-        outcome = "reused"
-    else:
-        model = _model(ctx, meta)
-        prompt = render(ctx, meta)
-        write_text_atomic(f"{gdir}/prompt.txt", prompt, fsync=False)  # re-rendered if lost
-        events.emit("generation_started", **base, **lineage)
+    # the metadata.json a write replaced, kept under a temporary name for the next file written
+    # here (fsio.swap_in_json says why): raw.txt or parsed.txt reuse its inode
+    spare = None
+    try:
+        if template.generator == "copy":
+            raw = read_parent_text(paths, meta)
+            write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
+            outcome = "copied"
+        elif os.path.exists(raw_path):
+            raw = _read_text(raw_path)
+            outcome = "reused"
+        else:
+            model = _model(ctx, meta)
+            prompt = render(ctx, meta)
+            write_text_atomic(f"{gdir}/prompt.txt", prompt, fsync=False)  # re-rendered if lost
+            events.emit("generation_started", **base, **lineage)
 
-        def failed(attempt, status, error_class, message, will_retry, delay_s):
-            events.emit("llm_call_failed", **base, llm_model_id=meta["llm_model_id"], attempt=attempt,
-                        status=status, error_class=error_class, message=message, will_retry=will_retry,
-                        delay_s=delay_s)
+            def failed(attempt, status, error_class, message, will_retry, delay_s):
+                events.emit("llm_call_failed", **base, llm_model_id=meta["llm_model_id"], attempt=attempt,
+                            status=status, error_class=error_class, message=message, will_retry=will_retry,
+                            delay_s=delay_s)
 
-        result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
-        raw = result.text
-        call_info = {
-            "provider_model": result.provider_model, "model": model.model, "provider": model.provider,
-            "finish_reason": result.finish_reason, "truncated": result.truncated,
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
-            "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
-        }
-        meta.update(call_info)
-        try:
-            done = _parsed_into(meta, template, raw, started)
-        except ParseError:
-            pass  # recorded below, once the answer is saved
-        # one metadata write per bought answer, renamed in before raw.txt: if the process dies
-        # between the two, the raw is what is missing (and re-bought), never the record of what a
-        # kept raw cost. Only the paid answer is fsynced (README "Durability": after a power cut
-        # this metadata may be the older one)
-        write_json_atomic(meta_path, meta, fsync=False)
-        if not write_text_once(raw_path, raw):
-            raw, done = _read_text(raw_path), None  # another worker won the race: keep theirs
-        outcome = "completed"
+            result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
+            raw = result.text
+            call_info = {
+                "provider_model": result.provider_model, "model": model.model, "provider": model.provider,
+                "finish_reason": result.finish_reason, "truncated": result.truncated,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
+                "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
+            }
+            meta.update(call_info)
+            try:
+                done = _parsed_into(meta, template, raw, started)
+            except ParseError:
+                pass  # recorded below, once the answer is saved
+            # one metadata write per bought answer, renamed in before raw.txt: if the process dies
+            # between the two, the raw is what is missing (and re-bought), never the record of what a
+            # kept raw cost. Only the paid answer is fsynced (README "Durability": after a power cut
+            # this metadata may be the older one)
+            spare = swap_in_json(meta_path, meta)
+            saved, spare = write_text_once(raw_path, raw, reuse=spare), None
+            if not saved:
+                raw, done = _read_text(raw_path), None  # another worker won the race: keep theirs
+            outcome = "completed"
 
-    if done is None:
-        try:
-            done = _parsed_into(meta, template, raw, started)
-        except ParseError as exc:
-            events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
-            raise
-        write_json_atomic(meta_path, meta, fsync=False)
-    parsed, score = done
-    if score is not None:
-        events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
-    # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
-    # logs a reuse); the other order could leave a finished generation the log never hears of
-    rel_dir = os.path.relpath(gdir, paths.data_root)  # relative: data/ may be mounted elsewhere on other machines
-    rel = {"raw_path": f"{rel_dir}/raw.txt", "parsed_path": f"{rel_dir}/parsed.txt"}
-    common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
-    if outcome == "reused":
-        events.emit("generation_reused", **common)
-    else:
-        events.emit("generation_completed", **common, source="run",
-                    copy=outcome == "copied", duration_s=meta["duration_s"],
-                    **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
-                                                      "completion_tokens", "cost", "attempts")})
-    events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
-    write_text_atomic(parsed_path, parsed, fsync=False)  # derived from raw.txt: `daydream reparse`
-    return outcome
+        if done is None:
+            try:
+                done = _parsed_into(meta, template, raw, started)
+            except ParseError as exc:
+                events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
+                raise
+            spare = swap_in_json(meta_path, meta)
+        parsed, score = done
+        if score is not None:
+            events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
+        # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
+        # logs a reuse); the other order could leave a finished generation the log never hears of
+        rel_dir = os.path.relpath(gdir, paths.data_root)  # relative: data/ may be mounted elsewhere on other machines
+        rel = {"raw_path": f"{rel_dir}/raw.txt", "parsed_path": f"{rel_dir}/parsed.txt"}
+        common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
+        if outcome == "reused":
+            events.emit("generation_reused", **common)
+        else:
+            events.emit("generation_completed", **common, source="run",
+                        copy=outcome == "copied", duration_s=meta["duration_s"],
+                        **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
+                                                          "completion_tokens", "cost", "attempts")})
+        events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
+        # derived from raw.txt: `daydream reparse`
+        write_text_atomic(parsed_path, parsed, fsync=False, reuse=spare)
+        spare = None
+        return outcome
+    finally:
+        if spare is not None:  # an error came before it was written over (a failed write removes it)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare)
 
 
 def _read_text(path):
