@@ -62,7 +62,7 @@ def waiting_on(paths, stage, gen_id):
     ancestor it needs (as ClaimedElsewhere), else None."""
     while True:
         gdir = paths.gen_dir(stage, gen_id)
-        if (gdir / "parsed.txt").exists():
+        if os.path.exists(f"{gdir}/parsed.txt"):
             return None
         owner = claims.holder(gdir)
         if owner is not None:

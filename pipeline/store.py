@@ -137,12 +137,9 @@ def _group_new_combos(new_combos):
 
 
 def failed_in_run(gen_dir, run_id) -> bool:
-    marker = Path(gen_dir) / "failed.json"
-    if not marker.exists():
-        return False
     try:
-        return read_json(marker).get("run_id") == run_id
-    except StoreError:
+        return read_json(f"{gen_dir}/failed.json").get("run_id") == run_id
+    except (FileNotFoundError, StoreError):
         return False
 
 
