@@ -70,9 +70,16 @@ def waiting_on(paths, stage, gen_id):
         if stage not in PARENT_STAGE:
             return None
         try:
-            stage, gen_id = PARENT_STAGE[stage], load_meta(paths, stage, gen_id)["parent_gen_id"]
+            stage, gen_id = PARENT_STAGE[stage], _parent_id(paths, stage, gen_id)
         except PipelineError:
             return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _parent_id(paths, stage, gen_id):
+    # a generation's id is derived from its parent's (shared decision 1), so the answer never
+    # changes: luigi asks waiting_on several times per task, and each ask read metadata.json
+    return load_meta(paths, stage, gen_id)["parent_gen_id"]
 
 
 def read_parent_text(paths, meta) -> str:
