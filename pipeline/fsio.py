@@ -22,16 +22,22 @@ _TMP = re.compile(r"^\..+\.tmp-(?P<host>[A-Za-z0-9-]+)-(?P<pid>\d+)$")
 _SEQ = itertools.count()  # with the pid, names this process's temp files apart (next() is atomic)
 
 
-def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
+def _write_tmp(path, data: bytes, fsync: bool = True, reuse=None) -> str:
+    # ``reuse``: a temporary file of this process (swap_in_json's) to write over instead of creating one.
     # the writer's host and pid in the name let remove_stale_tmp() tell leftovers of a killed
     # writer from files being written right now. os.open with mode 0o666 gives the file what the
     # umask allows (0644 usually), as open() would, so a data/ shared by several users stays
     # readable; O_EXCL never reuses a leftover of an earlier process that had this pid.
-    prefix = f"{os.fspath(path.parent)}/.{path.name}."
+    # Paths are handled as strings: a pathlib object per write costs more than the rename.
+    folder, name = os.path.split(os.fspath(path))
+    prefix = f"{folder}/.{name}."
     suffix = f".tmp-{_HOST}-{os.getpid()}"
     tmp, made_folder = None, False
     try:
-        while True:
+        if reuse is not None:
+            fd = os.open(reuse, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+            tmp = reuse
+        while tmp is None:
             candidate = f"{prefix}{next(_SEQ)}{suffix}"
             try:
                 fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -40,11 +46,10 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
             except FileNotFoundError:
                 if made_folder:
                     raise
-                path.parent.mkdir(parents=True, exist_ok=True)  # only the first write in a folder
+                os.makedirs(folder, exist_ok=True)  # only the first write in a folder
                 made_folder = True
                 continue
             tmp = candidate
-            break
         try:
             if callable(data):   # a writer given the file descriptor (a splice copying ranges)
                 data(fd)
@@ -69,7 +74,7 @@ def _write_tmp(path: Path, data: bytes, fsync: bool = True) -> str:
 def new_tmp(path) -> str:
     """An empty temporary file beside ``path`` (to fill and os.replace), named so that
     remove_stale_tmp() deletes it if its writer dies."""
-    return _write_tmp(Path(path), b"", fsync=False)
+    return _write_tmp(path, b"", fsync=False)
 
 
 def remove_stale_tmp(folder, names=None) -> int:
@@ -108,30 +113,46 @@ def _alive(pid):
     return True
 
 
-def write_bytes_atomic(path, data, fsync: bool = True) -> None:
+def write_bytes_atomic(path, data, fsync: bool = True, reuse=None) -> None:
     """``fsync=False`` for bulk, re-derivable files (metadata seeds): rename stays atomic.
-    ``data``: bytes, or a function given the open file descriptor to write them to."""
-    path = Path(path)
-    tmp = _write_tmp(path, data, fsync)
-    os.replace(tmp, path)
+    ``data``: bytes, or a function given the open file descriptor to write them to.
+    ``reuse``: a temporary file swap_in_json returned, written over instead of a new one."""
+    os.replace(_write_tmp(path, data, fsync, reuse), path)
 
 
-def write_text_atomic(path, text: str, fsync: bool = True) -> None:
-    write_bytes_atomic(path, text.encode("utf-8"), fsync)
+def write_text_atomic(path, text: str, fsync: bool = True, reuse=None) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"), fsync, reuse)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def write_json_atomic(path, obj, fsync: bool = True) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", fsync)
+    write_bytes_atomic(path, _json_bytes(obj), fsync)
 
 
-def write_text_once(path, text: str, fsync: bool = True) -> bool:
+def swap_in_json(path, obj):
+    """write_json_atomic without fsync that keeps the file it replaces: swapped (RENAME_EXCHANGE) to a
+    temporary name, which is returned for the next write in the folder to reuse (``reuse=``; the
+    caller unlinks it if none comes). On ext4 without a journal every deleted inode makes the
+    creation of files slower for a minute or more (the allocator steps over recently deleted
+    ones), so a generation recycles the inode of the metadata it replaces. None when there was
+    no file to replace, or the system cannot swap (a plain replace then)."""
+    tmp = _write_tmp(path, _json_bytes(obj), fsync=False)
+    if _renameat2_status(tmp, path, _RENAME_EXCHANGE) == 0:
+        return tmp
+    os.replace(tmp, path)
+    return None
+
+
+def write_text_once(path, text: str, fsync: bool = True, reuse=None) -> bool:
     """Create ``path`` with ``text`` unless it exists. Returns True if this call wrote it.
 
     Used for paid LLM responses and claims: the temp file is renamed in with RENAME_NOREPLACE (or,
     where the system lacks that, linked in), which fails if the target exists, so two writers
-    racing can never overwrite each other."""
-    path = Path(path)
-    tmp = _write_tmp(path, text.encode("utf-8"), fsync)
+    racing can never overwrite each other. ``reuse``: as for write_bytes_atomic."""
+    tmp = _write_tmp(path, text.encode("utf-8"), fsync, reuse)
     moved = _rename_noreplace(tmp, path)
     if moved is not None:
         return moved
@@ -154,18 +175,25 @@ def _renameat2():
 
 
 _RENAMEAT2 = _renameat2()
-_AT_FDCWD, _RENAME_NOREPLACE = -100, 1
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+
+
+def _renameat2_status(old, new, flags) -> int:
+    """0 if renameat2 did it, else the errno (ENOSYS where the system has no renameat2)."""
+    if _RENAMEAT2 is None:
+        return errno.ENOSYS
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) == 0:
+        return 0
+    return ctypes.get_errno()
 
 
 def _rename_noreplace(tmp, path):
     """Move ``tmp`` to ``path`` unless ``path`` exists (True; False and ``tmp`` removed if it does);
     None where the system or file system cannot (``tmp`` is then left for the caller). One call
     instead of link + unlink: a file operation less per paid answer and per claim."""
-    if _RENAMEAT2 is None:
-        return None
-    if _RENAMEAT2(_AT_FDCWD, os.fsencode(tmp), _AT_FDCWD, os.fsencode(path), _RENAME_NOREPLACE) == 0:
+    err = _renameat2_status(tmp, path, _RENAME_NOREPLACE)
+    if err == 0:
         return True
-    err = ctypes.get_errno()
     if err == errno.EEXIST:
         os.unlink(tmp)
         return False
@@ -189,8 +217,8 @@ def write_if_changed(path, text: str, fsync: bool = True) -> bool:
 
 def read_json(path) -> dict:
     """Read a JSON object, with an error that names the file when it is corrupt."""
-    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            return json.loads(fh.read().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StoreError(f"{path}: corrupt JSON ({exc}); restore it or delete it to regenerate") from exc

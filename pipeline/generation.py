@@ -9,6 +9,8 @@ never overwritten), parsed.txt (the target; evaluations hold the score, e.g. "7.
 and claim.<n>.json while a process works on it (see claims.py): a generation another live process
 has claimed raises ClaimedElsewhere, which is not a failure.
 """
+import contextlib
+import functools
 import hashlib
 import os
 import time
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from . import claims, lifeline, parsers, prompts
 from .errors import ParseError, PipelineError, StoreError
-from .fsio import read_json, remove_stale_tmp, write_json_atomic, write_text_atomic, write_text_once
+from .fsio import read_json, remove_stale_tmp, swap_in_json, write_json_atomic, write_text_atomic, write_text_once
 from .stages import PARENT
 from .timestamps import now_iso, stamp
 
@@ -41,10 +43,11 @@ def sha256(text: str) -> str:
 
 
 def load_meta(paths, stage, gen_id) -> dict:
-    path = paths.gen_dir(stage, gen_id) / "metadata.json"
-    if not path.exists():
-        raise StoreError(f"{path}: no metadata for {stage} {gen_id}; build its cohort first (BuildCohort)")
-    meta = read_json(path)
+    path = f"{paths.gen_dir(stage, gen_id)}/metadata.json"
+    try:
+        meta = read_json(path)
+    except FileNotFoundError:
+        raise StoreError(f"{path}: no metadata for {stage} {gen_id}; build its cohort first (BuildCohort)") from None
     for key in ("stage", "gen_id") + LINEAGE:
         if key not in meta:
             raise StoreError(f"{path}: metadata lacks {key!r}; rebuild the cohort that owns {gen_id}")
@@ -59,7 +62,7 @@ def waiting_on(paths, stage, gen_id):
     ancestor it needs (as ClaimedElsewhere), else None."""
     while True:
         gdir = paths.gen_dir(stage, gen_id)
-        if (gdir / "parsed.txt").exists():
+        if os.path.exists(f"{gdir}/parsed.txt"):
             return None
         owner = claims.holder(gdir)
         if owner is not None:
@@ -67,16 +70,23 @@ def waiting_on(paths, stage, gen_id):
         if stage not in PARENT_STAGE:
             return None
         try:
-            stage, gen_id = PARENT_STAGE[stage], load_meta(paths, stage, gen_id)["parent_gen_id"]
+            stage, gen_id = PARENT_STAGE[stage], _parent_id(paths, stage, gen_id)
         except PipelineError:
             return None
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _parent_id(paths, stage, gen_id):
+    # a generation's id is derived from its parent's (shared decision 1), so the answer never
+    # changes: luigi asks waiting_on several times per task, and each ask read metadata.json
+    return load_meta(paths, stage, gen_id)["parent_gen_id"]
+
+
 def read_parent_text(paths, meta) -> str:
     parent_stage = PARENT_STAGE[meta["stage"]]
-    path = paths.gen_dir(parent_stage, meta["parent_gen_id"]) / "parsed.txt"
+    path = f"{paths.gen_dir(parent_stage, meta['parent_gen_id'])}/parsed.txt"
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_text(path)
     except FileNotFoundError:
         busy = waiting_on(paths, parent_stage, meta["parent_gen_id"])
         if busy is not None:
@@ -129,21 +139,23 @@ def run_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
     raised. Raises ClaimedElsewhere (not recorded: not a failure) if another live process holds
     the claim, and lifeline.ParentGone if the luigi process that started this one has died."""
     gdir = ctx.paths.gen_dir(stage, gen_id)
-    if (gdir / "parsed.txt").exists():
+    parsed = f"{gdir}/parsed.txt"
+    if os.path.exists(parsed):
         return "done"
     base = {"cohort_id": ctx.cohort_id, "stage": stage, "gen_id": gen_id}
-    _load_or_report(ctx, base)  # before claiming: a bad id or missing metadata leaves no claim behind
+    meta = _load_or_report(ctx, base)  # before claiming: a bad id or missing metadata leaves no claim behind
     lifeline.check_parent()
-    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=(gdir / "parsed.txt").exists) as claim:
+    with claims.held(gdir, ctx.claim_lease_s, ctx.run_id, done=functools.partial(os.path.exists, parsed)) as claim:
         remove_stale_tmp(gdir, claim.names)  # the owner clears what killed writers left
-        # look again under the claim: the previous owner may have finished it, or changed its metadata
-        if (gdir / "parsed.txt").exists():
+        # look again under the claim: the previous owner may have finished it
+        if os.path.exists(parsed):
             return "done"
-        meta = _load_or_report(ctx, base)
+        if claim.number > 1:  # ... or, failing or killed (its claim file stays), changed its metadata
+            meta = _load_or_report(ctx, base)
         try:
             return _run(ctx, meta, gdir, base)
         except PipelineError as exc:
-            _fail(ctx, meta, gdir / "metadata.json", base, exc)
+            _fail(ctx, meta, f"{gdir}/metadata.json", base, exc)
             raise
 
 
@@ -179,77 +191,107 @@ def reparse_generation(ctx: GenContext, stage: str, gen_id: str) -> str:
 
 def _run(ctx, meta, gdir, base) -> str:
     paths, events, stage = ctx.paths, ctx.events, meta["stage"]
-    parsed_path, raw_path, meta_path = gdir / "parsed.txt", gdir / "raw.txt", gdir / "metadata.json"
+    parsed_path, raw_path, meta_path = f"{gdir}/parsed.txt", f"{gdir}/raw.txt", f"{gdir}/metadata.json"
     lineage = {k: meta[k] for k in LINEAGE}
     template = _template(ctx, meta)
     started = time.monotonic()
     meta.update(template_id=template.template_id, parser=template.parser, generator=template.generator,
                 started_at=meta.get("started_at") or now_iso())
 
-    call_info = {}
-    if template.generator == "copy":
-        raw = read_parent_text(paths, meta)
-        write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
-        outcome = "copied"
-    elif raw_path.exists():
-        raw = raw_path.read_text(encoding="utf-8")
-        outcome = "reused"
-    else:
-        model = _model(ctx, meta)
-        prompt = render(ctx, meta)
-        write_text_atomic(gdir / "prompt.txt", prompt, fsync=False)  # re-rendered if lost
-        events.emit("generation_started", **base, **lineage)
-
-        def failed(attempt, status, error_class, message, will_retry, delay_s):
-            events.emit("llm_call_failed", **base, llm_model_id=meta["llm_model_id"], attempt=attempt,
-                        status=status, error_class=error_class, message=message, will_retry=will_retry,
-                        delay_s=delay_s)
-
-        result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
-        raw = result.text
-        call_info = {
-            "provider_model": result.provider_model, "model": model.model, "provider": model.provider,
-            "finish_reason": result.finish_reason, "truncated": result.truncated,
-            "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
-            "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
-        }
-        # metadata first: if the process dies between the two writes, the raw is what is missing
-        # (and re-bought), never the record of what a kept raw cost. Only the paid answer is
-        # fsynced (README "Durability": after a power cut this metadata may be the older one)
-        meta.update(call_info)
-        write_json_atomic(meta_path, meta, fsync=False)
-        if not write_text_once(raw_path, raw):
-            raw = raw_path.read_text(encoding="utf-8")  # another worker won the race: keep theirs
-        outcome = "completed"
-
+    call_info, done = {}, None
+    # the metadata.json a write replaced, kept under a temporary name for the next file written
+    # here (fsio.swap_in_json says why): raw.txt or parsed.txt reuse its inode
+    spare = None
     try:
-        parsed, score = parse(stage, template.parser, raw)
-    except ParseError as exc:
-        events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
-        raise
-    duration = round(time.monotonic() - started, 3)
-    meta.update(status="done", error=None, completed_at=now_iso(), duration_s=duration,
+        if template.generator == "copy":
+            raw = read_parent_text(paths, meta)
+            write_text_atomic(raw_path, raw, fsync=False)  # a copy of the parent's: rebuilt if lost
+            outcome = "copied"
+        elif os.path.exists(raw_path):
+            raw = _read_text(raw_path)
+            outcome = "reused"
+        else:
+            model = _model(ctx, meta)
+            prompt = render(ctx, meta)
+            write_text_atomic(f"{gdir}/prompt.txt", prompt, fsync=False)  # re-rendered if lost
+            events.emit("generation_started", **base, **lineage)
+
+            def failed(attempt, status, error_class, message, will_retry, delay_s):
+                events.emit("llm_call_failed", **base, llm_model_id=meta["llm_model_id"], attempt=attempt,
+                            status=status, error_class=error_class, message=message, will_retry=will_retry,
+                            delay_s=delay_s)
+
+            result = ctx.backends.complete(model, prompt, stage=stage, on_attempt_failed=failed)
+            raw = result.text
+            call_info = {
+                "provider_model": result.provider_model, "model": model.model, "provider": model.provider,
+                "finish_reason": result.finish_reason, "truncated": result.truncated,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                "cost": result.cost, "attempts": result.attempts, "llm_duration_s": round(result.duration_s, 3),
+                "prompt_sha256": sha256(prompt), "raw_sha256": sha256(raw), "called_at": now_iso(),
+            }
+            meta.update(call_info)
+            try:
+                done = _parsed_into(meta, template, raw, started)
+            except ParseError:
+                pass  # recorded below, once the answer is saved
+            # one metadata write per bought answer, renamed in before raw.txt: if the process dies
+            # between the two, the raw is what is missing (and re-bought), never the record of what a
+            # kept raw cost. Only the paid answer is fsynced (README "Durability": after a power cut
+            # this metadata may be the older one)
+            spare = swap_in_json(meta_path, meta)
+            saved, spare = write_text_once(raw_path, raw, reuse=spare), None
+            if not saved:
+                raw, done = _read_text(raw_path), None  # another worker won the race: keep theirs
+            outcome = "completed"
+
+        if done is None:
+            try:
+                done = _parsed_into(meta, template, raw, started)
+            except ParseError as exc:
+                events.emit("parse_failed", **base, parser=template.parser, reason=str(exc))
+                raise
+            spare = swap_in_json(meta_path, meta)
+        parsed, score = done
+        if score is not None:
+            events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
+        # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
+        # logs a reuse); the other order could leave a finished generation the log never hears of
+        rel_dir = os.path.relpath(gdir, paths.data_root)  # relative: data/ may be mounted elsewhere on other machines
+        rel = {"raw_path": f"{rel_dir}/raw.txt", "parsed_path": f"{rel_dir}/parsed.txt"}
+        common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
+        if outcome == "reused":
+            events.emit("generation_reused", **common)
+        else:
+            events.emit("generation_completed", **common, source="run",
+                        copy=outcome == "copied", duration_s=meta["duration_s"],
+                        **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
+                                                          "completion_tokens", "cost", "attempts")})
+        events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
+        # derived from raw.txt: `daydream reparse`
+        write_text_atomic(parsed_path, parsed, fsync=False, reuse=spare)
+        spare = None
+        return outcome
+    finally:
+        if spare is not None:  # an error came before it was written over (a failed write removes it)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare)
+
+
+def _read_text(path):
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _parsed_into(meta, template, raw, started):
+    """(parsed text, score or None) of ``raw``, recorded in ``meta`` as done. Raises ParseError
+    (and leaves ``meta`` as it was)."""
+    parsed, score = parse(meta["stage"], template.parser, raw)
+    meta.update(status="done", error=None, completed_at=now_iso(), duration_s=round(time.monotonic() - started, 3),
                 raw_sha256=sha256(raw), parsed_sha256=sha256(parsed))
     if score is not None:
         meta.update(score=score.score, score_scale=score.scale)
-        events.emit("score_parsed", **base, score=score.score, scale=score.scale, parser=template.parser)
-    write_json_atomic(meta_path, meta, fsync=False)
-    # the event goes first: a crash before parsed.txt is renamed in means a rerun re-parses (and
-    # logs a reuse); the other order could leave a finished generation the log never hears of
-    rel = {"raw_path": os.path.relpath(raw_path, paths.data_root),   # relative: data/ may be mounted
-           "parsed_path": os.path.relpath(parsed_path, paths.data_root)}  # elsewhere on other machines
-    common = dict(**base, **lineage, **rel, raw_sha256=meta["raw_sha256"])
-    if outcome == "reused":
-        events.emit("generation_reused", **common)
-    else:
-        events.emit("generation_completed", **common, source="run",
-                    copy=outcome == "copied", duration_s=duration,
-                    **{k: call_info.get(k) for k in ("provider_model", "finish_reason", "prompt_tokens",
-                                                      "completion_tokens", "cost", "attempts")})
-    events.fsync()  # once per generation: its events and (fsynced before) its raw.txt are durable
-    write_text_atomic(parsed_path, parsed, fsync=False)  # derived from raw.txt: `daydream reparse`
-    return outcome
+    return parsed, score
 
 
 def _fail(ctx, meta, meta_path, base, exc):
