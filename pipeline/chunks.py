@@ -190,7 +190,9 @@ def run(plan):
     paths = plan.paths
     rows = read_membership(paths.membership_csv(plan.cohort_id))
     todo = store.pending(paths, rows, run_id=plan.run_id)
-    compile_templates(gen_context(paths, plan.run_id).catalog, todo)
+    ctx = gen_context(paths, plan.run_id)
+    compile_templates(ctx.catalog, todo)
+    ctx.backends.prepare()  # likewise the HTTP client
     stalled, said_at = 0, -1e9
     while todo:
         todo = settle_blocked(paths, todo, plan.run_id)
