@@ -135,7 +135,8 @@ class _Schedulers(luigi.interface._WorkerSchedulerFactory):
 class _LuigidClient(luigi.rpc.RemoteScheduler):
     """luigi's client of a luigid, sending through a session that has read the environment's proxy
     and CA settings once (llm_http.env_session), where luigi's re-reads os.environ on every call:
-    the worker waits for two calls per task (its result, the next task) before it starts the next."""
+    the worker waits for two calls per task (its result, the next task) before it starts the next,
+    and each task process, which sends one more, takes over a session built before the fork."""
 
     def __init__(self, url, connect_timeout=None):
         super().__init__(url, connect_timeout)
@@ -147,11 +148,12 @@ class _EnvOnceFetcher(luigi.rpc.RequestsFetcher):
     def __init__(self, url):
         super().__init__()
         self.url, self.session = url, env_session(url)
+        self.unused = env_session(url)  # for a forked task process: never sent through, it holds no connection
 
     def check_pid(self):
-        # as luigi's: a session must not cross a fork (the task processes send status messages)
+        # as luigi's: a session must not cross a fork once used (task processes send status messages)
         if os.getpid() != self.process_id:
-            self.session, self.process_id = env_session(self.url), os.getpid()
+            self.session, self.unused, self.process_id = self.unused or env_session(self.url), None, os.getpid()
 
 
 def _build(tasks, plan) -> bool:
