@@ -2,7 +2,8 @@
 and through a real luigid?
 
     $ python bench/throughput_bench.py [--workers 8] [--latency 0.3] [--repeat 3] [--quick]
-                                       [--baseline /path/to/other/checkout] [--keep DIR]
+                                       [--schedulers local,luigid] [--baseline /path/to/other/checkout]
+                                       [--keep DIR]
 
 Starts ``python -m tests.support.stub_server --latency 0.3 --max-concurrent 8 --count-file F`` (every
 answer takes 0.3 s; more than 8 requests in flight get 429). For each W, runs
@@ -17,7 +18,8 @@ sum over stages of ceil(calls in the stage / slots) x latency, with slots = min(
 llm_paid). The bench prints it beside the generation window (first generation_started to last
 generation_completed in the event log) and the share reached (limit / window). ``--baseline DIR``
 runs another checkout's code (its PYTHONPATH and luigi.cfg) alternately with this one, in the same
-session, and prints the ratio. Each kind of run is repeated (``--repeat``, 1 with ``--quick``) and the
+session, each going first in every other repetition (so that neither always runs right after a
+luigid's run), and prints the ratio. Each kind of run is repeated (``--repeat``, 1 with ``--quick``) and the
 medians are reported, with the CPU seconds of each run's processes (luigi, its task processes, the
 luigid), which a loaded machine disturbs less than the share. ``main(argv)`` returns the numbers as a
 dict for bench/run_all.py.
@@ -141,11 +143,11 @@ def run_one(folder: Path, stub: StubProcess, code: Code, scheduler: str, workers
             "share": round(limit / window, 3) if window else 0.0, "cpu_s": round(cpu, 2)}
 
 
-def summarize(runs: list, codes: list, workers: list, key: str) -> dict:
+def summarize(runs: list, codes: list, schedulers: list, workers: list, key: str) -> dict:
     """{code: {scheduler: {W: median of ``key``}}} over the repetitions."""
     return {c.name: {s: {w: round(statistics.median(r[key] for r in runs if (r["code"], r["scheduler"],
                                                     r["workers"]) == (c.name, s, w)), 3) for w in workers}
-                     for s in SCHEDULERS} for c in codes}
+                     for s in schedulers} for c in codes}
 
 
 def main(argv=None) -> dict:
@@ -155,10 +157,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-concurrent", type=int, default=8, help="stub answers 429 beyond this many")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each kind (the median share is reported)")
     ap.add_argument("--quick", action="store_true", help="one run of each kind")
+    ap.add_argument("--schedulers", default=",".join(SCHEDULERS), help="comma-separated: local, luigid")
     ap.add_argument("--baseline", default=None, help="another checkout to run alternately with this one")
     ap.add_argument("--keep", default=None, help="keep the projects in this folder")
     args = ap.parse_args(argv)
     workers = [int(w) for w in args.workers.split(",") if w]
+    schedulers = [s for s in SCHEDULERS if s in args.schedulers.split(",")]
+    if not schedulers or set(args.schedulers.split(",")) - set(SCHEDULERS):
+        ap.error(f"--schedulers: a comma-separated choice of {', '.join(SCHEDULERS)}")
     repeat = 1 if args.quick else args.repeat
     codes = [Code("this")] + ([Code("baseline", Path(args.baseline).resolve())] if args.baseline else [])
 
@@ -170,8 +176,9 @@ def main(argv=None) -> dict:
     try:
         for n in range(repeat):
             for w in workers:
-                for scheduler in SCHEDULERS:
-                    for code in codes:  # alternating, so that load from elsewhere hits both alike
+                for scheduler in schedulers:
+                    # alternating, so that load from elsewhere hits both alike, and each first every other time
+                    for code in (codes if n % 2 == 0 else codes[::-1]):
                         r = run_one(workdir / f"{code.name}-{scheduler}-w{w}-{n}", stub, code, scheduler, w,
                                     args.latency, args.max_concurrent)
                         runs.append(r)
@@ -192,8 +199,8 @@ def main(argv=None) -> dict:
     for r in runs:
         print(f"{r['code']:8} {r['scheduler']:9} {r['workers']:7d} {r['generations']:5d} {r['rate_limited']:5d} "
               f"{r['wall_s']:7.1f} {r['window_s']:8.2f} {r['limit_s']:7.2f} {r['share']:6.1%} {r['cpu_s']:6.1f}")
-    shares, cpu = summarize(runs, codes, workers, "share"), summarize(runs, codes, workers, "cpu_s")
-    for scheduler in SCHEDULERS:
+    shares, cpu = (summarize(runs, codes, schedulers, workers, key) for key in ("share", "cpu_s"))
+    for scheduler in schedulers:
         for w in workers:
             for name, medians, show in (("share", shares, "{:.1%}"), ("CPU s", cpu, "{:.2f}")):
                 line = f"median {name}, {scheduler}, --workers {w}: " + ", ".join(

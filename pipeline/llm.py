@@ -56,6 +56,14 @@ class Backends:
                                         backoff_base=self.backoff_base_s, key_name=self.api_key_env)
         return self._client
 
+    def prepare(self):
+        """Build the HTTP client and its session here, before Luigi forks its task processes: each
+        then takes them over instead of building its own."""
+        try:
+            self._http().prepare_session()
+        except LLMError:
+            pass  # no API key: each generation that needs one fails saying so
+
     def complete(self, model, prompt, *, stage, on_attempt_failed=None) -> LLMResult:
         """Answer ``prompt`` with catalog ``model``; evaluations on the local model end in a score line."""
         if model.is_local:

@@ -240,3 +240,30 @@ def test_stub_server_subprocess_prints_ready_serves_and_counts(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+def _session_in_child(client) -> bool:
+    """Whether a process forked now sends through the very session ``client`` holds here."""
+    before = id(client._session)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child answers through the pipe and exits at once
+        try:
+            os.write(write, b"same" if id(client.session) == before else b"other")
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as fh:
+        return fh.read() == b"same"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_session_prepared_before_a_fork_is_taken_over_until_it_has_carried_a_request():
+    with StubLLMServer() as srv:
+        client = make_client(srv)
+        client.prepare_session()
+        assert _session_in_child(client)  # unused: no pooled connection to share
+        client.complete(MODEL, "hi")  # now it pools a connection of this process
+        assert not _session_in_child(client)
+        assert client.complete(MODEL, "again").text == answer_text("again")
