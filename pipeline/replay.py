@@ -222,7 +222,7 @@ class Fold:
     def tables(self) -> dict:
         """``{table name: (columns, rows)}`` with rows as tuples in column order."""
         # the state is left as it is: more events may be folded into it after this
-        return _tables(*_resolve(self.gens, _listings(self.cohorts)), self.calls)
+        return {**_tables(*_resolve(self.gens, _listings(self.cohorts))), "llm_calls": _calls_table(self.calls)}
 
 
 def _resolve(fold_gens, listings) -> tuple:
@@ -261,17 +261,21 @@ def _rows(gen_ids, gens, members, lineage) -> tuple:
     return generations, evaluations, scores
 
 
-def _tables(gens, members, lineage, calls) -> dict:
+def _tables(gens, members, lineage) -> dict:
+    """Every table but llm_calls (_calls_table)."""
     generations, evaluations, scores = _rows(sorted(gens), gens, members, lineage)
-    calls = sorted(calls)  # by (ts, event_id): unique, so rows are never compared
     return {
         "generation_results": (COLUMNS["generation_results"], generations),
         "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
         "scores_long": (COLUMNS["scores_long"], scores),
         "generation_scores_pivot": _generation_pivot(scores),
         "evaluation_model_template_pivot": _model_template_pivot(scores),
-        "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
     }
+
+
+def _calls_table(calls) -> tuple:
+    calls = sorted(calls)  # by (ts, event_id): unique, so rows are never compared
+    return COLUMNS["llm_calls"], [c[2] for c in calls]
 
 
 def fold(pairs) -> dict:
@@ -461,21 +465,22 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
     listings = _listings(fold.cohorts)
     gens, members, lineage = _resolve(fold.gens, listings)
-    # The state is written by a forked child (the second core) while this process writes the
-    # tables, and put in place after them: a state never covers events the tables do not show.
-    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage))
+    # The state and llm_calls.csv are written by a forked child (the second core) while this
+    # process writes the other tables, and the state is put in place after them all: a state
+    # never covers events the tables do not show.
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage),
+                                   [(tables_dir / "llm_calls.csv", lambda: to_csv(*_calls_table(fold.calls)))])
     try:
-        tables = _tables(gens, members, lineage, fold.calls)
-        for name in TABLES:
-            columns, rows = tables[name]
+        tables = _tables(gens, members, lineage)
+        for name, (columns, rows) in tables.items():
             # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
             write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
             stats.rows[name] = len(rows)
-        state.meta = _meta(stats, tables, tables_dir)
+        stats.rows["llm_calls"] = len(fold.calls)
     except BaseException:
         saving.abort()
         raise
-    saving.finish(state)
+    saving.finish(state, lambda: _meta(stats, tables, tables_dir))
     return stats
 
 

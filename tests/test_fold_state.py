@@ -317,3 +317,26 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
         monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
         with pytest.raises(EventLogError, match=rf"{last.name}:\d+: malformed event \(invalid JSON"):
             replay(events, tmp_path / "bad", full=True)
+
+
+def test_a_table_the_state_writing_child_cannot_write_is_a_clear_error_naming_it(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.errors import StoreError
+
+    monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
+    events = tmp_path / "events"
+    generate(events, 300, writers=2, seed=1)
+    for spare in (True, False):   # the child writes llm_calls.csv, or this process does
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        tables = tmp_path / f"tables-{spare}"
+        (tables / "llm_calls.csv").mkdir(parents=True)   # in the way
+        with pytest.raises(StoreError, match=r"llm_calls.csv: cannot write \(Is a directory\)"):
+            replay(events, tables, full=True)
+        # no temporary file, no state, no zombie child
+        assert {path.name for path in tables.iterdir()} <= {f"{name}.csv" for name in TABLES}
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)
