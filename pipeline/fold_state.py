@@ -45,7 +45,7 @@ STATE_FILE = "_fold_state.sqlite"
 _OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
-VERSION = 2
+VERSION = 3
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 32
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
@@ -219,7 +219,7 @@ def open_state(tables_dir, events_dir):
 def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
     """Begin replacing the saved state. A forked child (the machine's other core) writes
     ``files`` - (path, function returning its text) pairs: tables the caller hands over - and
-    calls ``parts()`` - (records: gen_id -> record, children: parent -> gen_ids, cohorts:
+    calls ``parts()`` - (records: (gen_id, record) pairs, children: parent -> gen_ids, cohorts:
     cohort_id -> entry) for ``n_records`` records - and writes them to a new file while this
     process goes on (pipeline.replay writes the other tables meanwhile);
     PendingState.finish(state, meta) then puts the files in place, sets ``state.meta = meta()``,
@@ -332,7 +332,7 @@ def spare_core() -> bool:
 
 def _write_records(tmp, mask, records, children, cohorts) -> None:
     shards = [({}, {}) for _ in range(mask + 1)]
-    for gen_id, record in records.items():
+    for gen_id, record in records:
         shards[_shard(gen_id, mask)][0][gen_id] = record
     for parent, kids in children.items():
         shards[_shard(parent, mask)][1][parent] = kids

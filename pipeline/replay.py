@@ -116,6 +116,7 @@ class Fold:
         self.gens = {}      # gen_id -> _Gen
         self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
         self.calls = []     # (ts, event_id, row)
+        self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merge()'s, rendered there
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
 
     def add(self, pairs) -> "Fold":
@@ -181,13 +182,15 @@ class Fold:
         return self
 
     def export(self) -> tuple:
-        """The fold as builtins (marshal), for merge()."""
-        return {gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls, self.cohort_events
+        """The fold as builtins (marshal), for merge(); its calls rendered as CSV lines (the
+        exporting process has the time: a line is also cheaper to marshal than its row)."""
+        return ({gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts,
+                self.call_lines + _call_lines(self.calls), self.cohort_events)
 
     def merge(self, exported) -> "Fold":
         """Fold in another fold's export(), as if its events, all later in file order than this
-        fold's (pipeline.fold_state.read_all), had been added here."""
-        gens_values, cohorts, calls, cohort_events = exported
+        fold's (pipeline.fold_state.read_all), had been added here; its calls go to call_lines."""
+        gens_values, cohorts, call_lines, cohort_events = exported
         gens = self.gens
         for gen_id, values in gens_values.items():
             g = gens.get(gen_id)
@@ -216,7 +219,7 @@ class Fold:
                 self.cohorts[cohort_id] = (key, ev)
         for cohort_id, ids in cohort_events.items():
             self.cohort_events.setdefault(cohort_id, []).extend(ids)
-        self.calls += calls
+        self.call_lines += call_lines
         return self
 
     def tables(self) -> dict:
@@ -276,6 +279,21 @@ def _tables(gens, members, lineage) -> dict:
 def _calls_table(calls) -> tuple:
     calls = sorted(calls)  # by (ts, event_id): unique, so rows are never compared
     return COLUMNS["llm_calls"], [c[2] for c in calls]
+
+
+def _call_lines(calls) -> list:
+    """(ts, event_id, CSV line) for each (ts, event_id, row) of ``calls``."""
+    lines = to_csv((), (row for _, _, row in calls)).split("\n")[1:-1]
+    if len(lines) != len(calls):   # a field with a newline (quoted): one row at a time
+        lines = [to_csv((), [row])[1:-1] for _, _, row in calls]
+    return [(ts, event_id, line) for (ts, event_id, _), line in zip(calls, lines)]
+
+
+def _calls_csv(fold) -> str:
+    """llm_calls.csv for ``fold``'s calls and call_lines."""
+    lines = fold.call_lines + _call_lines(fold.calls)
+    lines.sort()   # by (ts, event_id): unique, so lines are never compared
+    return to_csv(COLUMNS["llm_calls"], ()) + "".join(["\n".join([line for _, _, line in lines]), "\n"] if lines else [])
 
 
 def fold(pairs) -> dict:
@@ -469,14 +487,14 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     # process writes the other tables, and the state is put in place after them all: a state
     # never covers events the tables do not show.
     saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage),
-                                   [(tables_dir / "llm_calls.csv", lambda: to_csv(*_calls_table(fold.calls)))])
+                                   [(tables_dir / "llm_calls.csv", lambda: _calls_csv(fold))])
     try:
         tables = _tables(gens, members, lineage)
         for name, (columns, rows) in tables.items():
             # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
             write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
             stats.rows[name] = len(rows)
-        stats.rows["llm_calls"] = len(fold.calls)
+        stats.rows["llm_calls"] = len(fold.calls) + len(fold.call_lines)
     except BaseException:
         saving.abort()
         raise
@@ -485,10 +503,23 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
 
 
 def _state_parts(fold, listings, lineage) -> tuple:
-    """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta."""
-    records = {gen_id: (_VALUES(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
-    for gen_id in listings.keys() - fold.gens.keys():
-        records[gen_id] = (None, listings[gen_id])
+    """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
+    records are (gen_id, record) pairs, read back by saved_record()."""
+    def records():
+        get = listings.get
+        for gen_id, g in fold.gens.items():
+            listing = get(gen_id)
+            if listing is not None and len(listing) == 1:
+                # most generations: listed by one cohort with the lineage of their own events,
+                # saved as (cohort_id, key) - marshalling each listing took half the save's time
+                (cohort_id, (key, lin)), = listing.items()
+                own = g.lineage
+                if lin == own and type(lin[-1]) is type(own[-1]):   # replicate: 1 == 1.0 == True
+                    listing = (cohort_id, key)
+            yield gen_id, (_VALUES(g), listing)
+        for gen_id in listings.keys() - fold.gens.keys():
+            yield gen_id, (None, listings[gen_id])
+
     children = {}
     for gen_id, lin in lineage.items():
         parent = lin[1]
@@ -496,7 +527,18 @@ def _state_parts(fold, listings, lineage) -> tuple:
             children.setdefault(parent, []).append(gen_id)
     cohorts = {cohort_id: (key, list(_listing(ev)), fold.cohort_events[cohort_id])
                for cohort_id, (key, ev) in fold.cohorts.items()}
-    return records, children, cohorts
+    return records(), children, cohorts
+
+
+_LINEAGE_AT = _Gen.__slots__.index("lineage")
+
+
+def saved_record(record):
+    """A record as _state_parts saved it, with its listing a dict again."""
+    if record is None or type(record[1]) is not tuple:
+        return record
+    values, (cohort_id, key) = record
+    return values, {cohort_id: (key, values[_LINEAGE_AT])}
 
 
 def _meta(stats, tables, tables_dir) -> dict:

@@ -276,8 +276,11 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
     generate(events, 3000, writers=4, seed=3)
     day = events / "2025-01-01"
     first, *_, last = sorted(day.iterdir())
-    # a torn last line in the child's half
     with open(last, "a") as fh:
+        # a call row the child renders whose CSV line spans two lines; then a torn last line
+        fh.write(json.dumps({"event_id": "n" * 32, "schema": 1, "ts": "2025-01-01T00:00:00.000001Z",
+                             "type": "llm_call_failed", "cohort_id": None, "stage": "draft", "gen_id": "d_x",
+                             "error_class": 'Two\nlines, "quoted"', "will_retry": False}) + "\n")
         fh.write('{"event_id": "torn')
 
     def both(name, **kwargs):
@@ -300,6 +303,7 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
 
     one, two = both("plain")
     assert one == two and one[0].torn and one[0].events > 2500
+    assert b'\n2025-01-01T00:00:00.000001Z,draft,d_x,,,failed,,"Two\nlines, ""quoted""",false,' in one[2]["llm_calls"]
 
     # a copy of the first segment at the end: the duplicates are the second process's
     (day / ("z" + first.name)).write_bytes(first.read_bytes())
