@@ -292,6 +292,8 @@ def _call_lines(calls) -> list:
 
 def _calls_csv(fold) -> str:
     """llm_calls.csv for ``fold``'s calls and call_lines."""
+    if not fold.call_lines:   # nothing merged: the rows as they are
+        return to_csv(*_calls_table(fold.calls))
     lines = fold.call_lines + _call_lines(fold.calls)
     lines.sort()   # by (ts, event_id): unique, so lines are never compared
     return to_csv(COLUMNS["llm_calls"], ()) + "".join(["\n".join([line for _, _, line in lines]), "\n"] if lines else [])
