@@ -344,3 +344,22 @@ def test_a_table_the_state_writing_child_cannot_write_is_a_clear_error_naming_it
         assert {path.name for path in tables.iterdir()} <= {f"{name}.csv" for name in TABLES}
         with pytest.raises(ChildProcessError):
             os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_full_replay_of_an_unchanged_log_leaves_every_table_file_alone(tmp_path, monkeypatch):
+    import os
+
+    from pipeline import fold_state
+
+    monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
+    events = tmp_path / "events"
+    generate(events, 300, writers=2, seed=1)
+    for spare in (True, False):   # llm_calls.csv written by the state-writing child, or here
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        tables = tmp_path / f"tables-{spare}"
+        replay(events, tables, full=True)
+        files = {name: os.stat(tables / f"{name}.csv") for name in TABLES}
+        replay(events, tables, full=True)
+        for name, before in files.items():
+            after = os.stat(tables / f"{name}.csv")
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
