@@ -441,6 +441,7 @@ def to_csv(columns, rows) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
+    rows = list(rows)   # read twice when it comes to csv.writer
     lines = _plain_lines(rows, len(columns))
     if lines is None:
         writer.writerows(rows)
@@ -457,7 +458,7 @@ def _plain_lines(rows, width):
     quoting, rendered a third faster without it; None when some value may need quoting."""
     if not rows:
         return ""
-    if width < 2:   # csv.writer quotes a lone empty field
+    if width < 2 or set(map(len, rows)) != {width}:   # csv.writer quotes a lone empty field
         return None
     try:
         text = "\n".join([",".join(map(str, map(_EMPTY_IF_NONE, row, row))) for row in rows])

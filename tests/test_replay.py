@@ -346,7 +346,9 @@ def test_to_csv_writes_what_csv_writer_writes_for_any_values():
     for _ in range(5000):
         width = rng.randint(1, 4)
         columns = tuple(f"c{i}" for i in range(width))
-        rows = [tuple(rng.choice(values) for _ in range(width)) for _ in range(rng.randint(0, 3))]
+        # mostly rows as wide as the header, some not
+        rows = [tuple(rng.choice(values) for _ in range(rng.choice((width, width, width, width + 1))))
+                for _ in range(rng.randint(0, 3))]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
