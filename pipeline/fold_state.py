@@ -20,7 +20,8 @@ each with a checksum, so looking up a few generations reads a few shards. A dama
 older state means a full replay, never an error.
 
 A full replay uses the machine's second core twice: read_all has a forked child scan and fold the
-later half of a big log, and save_state has one write the new state while the tables are written.
+later segments of a big log, and save_state has one write the new state (and a table handed to it)
+while this process writes the other tables.
 """
 import errno
 import hashlib
@@ -44,11 +45,13 @@ STATE_FILE = "_fold_state.sqlite"
 _OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
-VERSION = 2
+VERSION = 3
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 32
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
 PARALLEL_BYTES = 16 << 20
+# the child's part costs it a marshal.dumps and this process a loads and a merge: it reads less
+CHILD_SHARE = 0.45
 PARALLEL_RECORDS = 50_000   # fewer are saved in well under a second: not worth a fork
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
@@ -213,44 +216,94 @@ def open_state(tables_dir, events_dir):
         return None
 
 
-def save_state(tables_dir, n_records, parts) -> "PendingState":
-    """Begin replacing the saved state. A forked child (the machine's other core) calls
-    ``parts()`` - (records: gen_id -> record, children: parent -> gen_ids, cohorts: cohort_id ->
-    entry) for ``n_records`` records - and writes them to a new file while this process goes on
-    (pipeline.replay writes the tables meanwhile); PendingState.finish(state) then adds
-    ``state``'s segments and meta and puts the file in place, PendingState.abort() drops it."""
+def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
+    """Begin replacing the saved state. A forked child (the machine's other core) writes
+    ``files`` - (path, function returning its text) pairs: tables the caller hands over - and
+    calls ``parts()`` - (records: (gen_id, record) pairs, children: parent -> gen_ids, cohorts:
+    cohort_id -> entry) for ``n_records`` records - and writes them to a new file while this
+    process goes on (pipeline.replay writes the other tables meanwhile);
+    PendingState.finish(state, meta) then puts the files in place, sets ``state.meta = meta()``,
+    adds ``state``'s segments and meta and puts the state in place; PendingState.abort() drops
+    them all."""
     path = Path(tables_dir) / STATE_FILE
     size = 256
     while size * GENS_PER_SHARD < n_records:
         size *= 2
-    tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
+    # made here: their names carry this (live) process's pid, not the child's
+    tmps = []
+    try:
+        for file, _ in files:
+            tmps.append(new_tmp(file))
+        tmp = new_tmp(path)
+    except BaseException:
+        _unlink(tmps)
+        raise
+    pending = PendingState(path, tmp, size - 1, None, None, list(zip((file for file, _ in files), tmps)))
+
+    def write():
+        for (file, text), file_tmp in zip(files, tmps):
+            _fill(file_tmp, file, text())
+        _write_records(tmp, size - 1, *parts())
+
     if n_records < PARALLEL_RECORDS or not spare_core():
         try:
-            _write_records(tmp, size - 1, *parts())
+            write()
         except BaseException as exc:
-            os.unlink(tmp)
+            pending.abort()
             if isinstance(exc, sqlite3.Error):   # the message the forked writer's failure gets
                 raise save_error(path, f"{type(exc).__name__}: {exc}") from None
             raise
-        return PendingState(path, tmp, size - 1, None, None)
+        return pending
     try:
         read_end, write_end = os.pipe()
     except BaseException:
-        os.unlink(tmp)
+        pending.abort()
         raise
     pid = os.fork()
     if pid == 0:   # the child: never returns, never runs the parent's exit handlers
         code = 1
         try:
             os.close(read_end)
-            _write_records(tmp, size - 1, *parts())
+            write()
             code = 0
         except BaseException as exc:
-            os.write(write_end, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+            # a StoreError (a table it could not write) says all; "!" has it raised as it is
+            message = f"!{exc}" if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+            os.write(write_end, message.encode("utf-8", "replace")[:4000])
         finally:
             os._exit(code)
     os.close(write_end)
-    return PendingState(path, tmp, size - 1, pid, read_end)
+    pending.pid, pending.errors = pid, read_end
+    return pending
+
+
+def _fill(tmp, path, text) -> None:
+    """Write ``text`` into ``tmp``, to replace ``path`` - or delete ``tmp`` when ``path`` holds
+    that text already (its mtime then stays, as with fsio.write_if_changed)."""
+    data = text.encode("utf-8")
+    try:
+        try:
+            with open(path, "rb") as fh:
+                same = fh.read() == data
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.unlink(tmp)
+            return
+        # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
+                         "then rerun") from None
+
+
+def _unlink(paths) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
 
 
 def save_error(path, why) -> StoreError:
@@ -279,7 +332,7 @@ def spare_core() -> bool:
 
 def _write_records(tmp, mask, records, children, cohorts) -> None:
     shards = [({}, {}) for _ in range(mask + 1)]
-    for gen_id, record in records.items():
+    for gen_id, record in records:
         shards[_shard(gen_id, mask)][0][gen_id] = record
     for parent, kids in children.items():
         shards[_shard(parent, mask)][1][parent] = kids
@@ -300,21 +353,28 @@ def _write_records(tmp, mask, records, children, cohorts) -> None:
 
 @dataclass
 class PendingState:
-    """A state being written by save_state's child process (pid None: already written here)."""
+    """A state (and files) being written by save_state's child process (pid None: written here)."""
     path: Path
     tmp: str
     mask: int
     pid: int
     errors: int   # read end of a pipe: the child's error message, if it fails
+    files: list   # (path, temporary file filled to replace it, or deleted: unchanged)
 
-    def finish(self, state) -> None:
-        """Wait for the child; add ``state``'s segments and meta; put the file in place.
-        Raises StoreError when the child failed."""
+    def finish(self, state, meta) -> None:
+        """Wait for the child; put the files in place; set ``state.meta = meta()`` and add it and
+        ``state``'s segments; put the state in place. Raises StoreError when the child failed."""
         try:
             status = self._wait()
             if status != 0:
                 message = os.read(self.errors, 4000).decode("utf-8", "replace") or f"exit status {status}"
+                if message.startswith("!"):
+                    raise StoreError(message[1:])
                 raise save_error(self.path, message)
+            for path, tmp in self.files:
+                if os.path.exists(tmp):
+                    os.replace(tmp, path)
+            state.meta = meta()
             state.mask = self.mask
             db = sqlite3.connect(self.tmp, isolation_level=None)
             try:
@@ -335,7 +395,7 @@ class PendingState:
             (self.path.parent / name).unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Stop the child if it still runs and drop its file (the saved state stays as it was)."""
+        """Stop the child if it still runs and drop its files (the saved state stays as it was)."""
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -345,10 +405,7 @@ class PendingState:
         if self.errors is not None:
             os.close(self.errors)
             self.errors = None
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        _unlink([self.tmp] + [tmp for _, tmp in self.files])
 
     def _wait(self) -> int:
         """The child's exit status, once it has ended (reaped: no zombie is left)."""
@@ -406,11 +463,11 @@ def read_all(state, fold, stats, skip_bad) -> None:
     if sum(sizes) < PARALLEL_BYTES or len(segments) < 2 or not spare_core():
         _read(state, fold, stats, skip_bad, segments, set(), False)
         return
-    # the first half of the bytes here (the merge here costs about what marshalling costs there)
-    split, before = 1, sizes[0]
-    while split < len(sizes) - 1 and before + sizes[split] <= sum(sizes) / 2:
-        before += sizes[split]
-        split += 1
+    # the child takes the last segments, up to CHILD_SHARE of the bytes
+    split, after = len(sizes) - 1, sizes[-1]
+    while split > 1 and after + sizes[split - 1] <= CHILD_SHARE * sum(sizes):
+        split -= 1
+        after += sizes[split]
     later = segments[split:]
     read_end, write_end = os.pipe()
     pid = os.fork()

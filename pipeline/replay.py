@@ -97,12 +97,10 @@ class _Gen:
 _VALUES = attrgetter(*_Gen.__slots__)
 
 
-def _gen_from(values):
-    """The _Gen whose _VALUES are ``values``."""
-    g = _Gen.__new__(_Gen)
-    for name, value in zip(_Gen.__slots__, values):
-        setattr(g, name, value)
-    return g
+# _gen_from(values): the _Gen whose _VALUES are ``values``. Written out as one assignment to every
+# slot: Fold.merge makes one per generation of the other fold, and a loop of setattr cost 6x as much.
+exec(compile(f"def _gen_from(values):\n    g = _new(_Gen)\n    {', '.join(f'g.{name}' for name in _Gen.__slots__)} = values\n"
+             "    return g", "<_gen_from>", "exec"), {"_new": object.__new__, "_Gen": _Gen}, globals())
 
 
 class Fold:
@@ -116,6 +114,7 @@ class Fold:
         self.gens = {}      # gen_id -> _Gen
         self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
         self.calls = []     # (ts, event_id, row)
+        self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merge()'s, rendered there
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
 
     def add(self, pairs) -> "Fold":
@@ -181,13 +180,15 @@ class Fold:
         return self
 
     def export(self) -> tuple:
-        """The fold as builtins (marshal), for merge()."""
-        return {gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts, self.calls, self.cohort_events
+        """The fold as builtins (marshal), for merge(); its calls rendered as CSV lines (the
+        exporting process has the time: a line is also cheaper to marshal than its row)."""
+        return ({gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts,
+                self.call_lines + _call_lines(self.calls), self.cohort_events)
 
     def merge(self, exported) -> "Fold":
         """Fold in another fold's export(), as if its events, all later in file order than this
-        fold's (pipeline.fold_state.read_all), had been added here."""
-        gens_values, cohorts, calls, cohort_events = exported
+        fold's (pipeline.fold_state.read_all), had been added here; its calls go to call_lines."""
+        gens_values, cohorts, call_lines, cohort_events = exported
         gens = self.gens
         for gen_id, values in gens_values.items():
             g = gens.get(gen_id)
@@ -216,13 +217,13 @@ class Fold:
                 self.cohorts[cohort_id] = (key, ev)
         for cohort_id, ids in cohort_events.items():
             self.cohort_events.setdefault(cohort_id, []).extend(ids)
-        self.calls += calls
+        self.call_lines += call_lines
         return self
 
     def tables(self) -> dict:
         """``{table name: (columns, rows)}`` with rows as tuples in column order."""
         # the state is left as it is: more events may be folded into it after this
-        return _tables(*_resolve(self.gens, _listings(self.cohorts)), self.calls)
+        return {**_tables(*_resolve(self.gens, _listings(self.cohorts))), "llm_calls": _calls_table(self.calls)}
 
 
 def _resolve(fold_gens, listings) -> tuple:
@@ -261,17 +262,41 @@ def _rows(gen_ids, gens, members, lineage) -> tuple:
     return generations, evaluations, scores
 
 
-def _tables(gens, members, lineage, calls) -> dict:
+def _tables(gens, members, lineage) -> dict:
+    """Every table but llm_calls (_calls_table)."""
     generations, evaluations, scores = _rows(sorted(gens), gens, members, lineage)
-    calls = sorted(calls)  # by (ts, event_id): unique, so rows are never compared
     return {
         "generation_results": (COLUMNS["generation_results"], generations),
         "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
         "scores_long": (COLUMNS["scores_long"], scores),
         "generation_scores_pivot": _generation_pivot(scores),
         "evaluation_model_template_pivot": _model_template_pivot(scores),
-        "llm_calls": (COLUMNS["llm_calls"], [c[2] for c in calls]),
     }
+
+
+def _calls_table(calls) -> tuple:
+    calls = sorted(calls)  # by (ts, event_id): unique, so rows are never compared
+    return COLUMNS["llm_calls"], [c[2] for c in calls]
+
+
+def _call_lines(calls) -> list:
+    """(ts, event_id, CSV line) for each (ts, event_id, row) of ``calls``."""
+    rows = [row for _, _, row in calls]
+    text = _plain_lines(rows, len(COLUMNS["llm_calls"]))
+    if text is None:   # some value is quoted, perhaps over two lines: one row at a time
+        lines = [to_csv((), [row])[1:-1] for row in rows]
+    else:
+        lines = text.split("\n")[:-1]
+    return [(ts, event_id, line) for (ts, event_id, _), line in zip(calls, lines)]
+
+
+def _calls_csv(fold) -> str:
+    """llm_calls.csv for ``fold``'s calls and call_lines."""
+    if not fold.call_lines:   # nothing merged: the rows as they are
+        return to_csv(*_calls_table(fold.calls))
+    lines = fold.call_lines + _call_lines(fold.calls)
+    lines.sort()   # by (ts, event_id): unique, so lines are never compared
+    return to_csv(COLUMNS["llm_calls"], ()) + "".join(["\n".join([line for _, _, line in lines]), "\n"] if lines else [])
 
 
 def fold(pairs) -> dict:
@@ -416,8 +441,34 @@ def to_csv(columns, rows) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    writer.writerows(rows)
+    rows = list(rows)   # read twice when it comes to csv.writer
+    lines = _plain_lines(rows, len(columns))
+    if lines is None:
+        writer.writerows(rows)
+    else:
+        out.write(lines)
     return out.getvalue()
+
+
+_EMPTY_IF_NONE = {None: ""}.get   # (value, value) -> "" for None, else value
+
+
+def _plain_lines(rows, width):
+    """What csv.writer writes for ``rows`` (tuples of ``width`` values) when no value needs
+    quoting, rendered a third faster without it; None when some value may need quoting."""
+    if not rows:
+        return ""
+    if width < 2 or set(map(len, rows)) != {width}:   # csv.writer quotes a lone empty field
+        return None
+    try:
+        text = "\n".join([",".join(map(str, map(_EMPTY_IF_NONE, row, row))) for row in rows])
+    except TypeError:   # an unhashable value: csv.writer says what it makes of it
+        return None
+    # a comma, quote or line break inside a value shows as one too many, or is refused
+    if (text.count(",") != len(rows) * (width - 1) or text.count("\n") != len(rows) - 1
+            or '"' in text or "\r" in text):
+        return None
+    return text + "\n"
 
 
 def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
@@ -461,29 +512,44 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     stats.read.unknown_types = dict(sorted(stats.read.unknown_types.items()))
     listings = _listings(fold.cohorts)
     gens, members, lineage = _resolve(fold.gens, listings)
-    # The state is written by a forked child (the second core) while this process writes the
-    # tables, and put in place after them: a state never covers events the tables do not show.
-    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage))
+    # The state and llm_calls.csv are written by a forked child (the second core) while this
+    # process writes the other tables, and the state is put in place after them all: a state
+    # never covers events the tables do not show.
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage),
+                                   [(tables_dir / "llm_calls.csv", lambda: _calls_csv(fold))])
     try:
-        tables = _tables(gens, members, lineage, fold.calls)
-        for name in TABLES:
-            columns, rows = tables[name]
+        tables = _tables(gens, members, lineage)
+        for name, (columns, rows) in tables.items():
             # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
             write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
             stats.rows[name] = len(rows)
-        state.meta = _meta(stats, tables, tables_dir)
+        stats.rows["llm_calls"] = len(fold.calls) + len(fold.call_lines)
+        meta = _meta(stats, tables)   # while the child may still be writing
     except BaseException:
         saving.abort()
         raise
-    saving.finish(state)
+    saving.finish(state, lambda: {**meta, "files": table_files(tables_dir)})
     return stats
 
 
 def _state_parts(fold, listings, lineage) -> tuple:
-    """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta."""
-    records = {gen_id: (_VALUES(g), listings.get(gen_id)) for gen_id, g in fold.gens.items()}
-    for gen_id in listings.keys() - fold.gens.keys():
-        records[gen_id] = (None, listings[gen_id])
+    """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
+    records are (gen_id, record) pairs, read back by saved_record()."""
+    def records():
+        get = listings.get
+        for gen_id, g in fold.gens.items():
+            listing = get(gen_id)
+            if listing is not None and len(listing) == 1:
+                # most generations: listed by one cohort with the lineage of their own events,
+                # saved as (cohort_id, key) - marshalling each listing took half the save's time
+                (cohort_id, (key, lin)), = listing.items()
+                own = g.lineage
+                if lin == own and type(lin[-1]) is type(own[-1]):   # replicate: 1 == 1.0 == True
+                    listing = (cohort_id, key)
+            yield gen_id, (_VALUES(g), listing)
+        for gen_id in listings.keys() - fold.gens.keys():
+            yield gen_id, (None, listings[gen_id])
+
     children = {}
     for gen_id, lin in lineage.items():
         parent = lin[1]
@@ -491,11 +557,23 @@ def _state_parts(fold, listings, lineage) -> tuple:
             children.setdefault(parent, []).append(gen_id)
     cohorts = {cohort_id: (key, list(_listing(ev)), fold.cohort_events[cohort_id])
                for cohort_id, (key, ev) in fold.cohorts.items()}
-    return records, children, cohorts
+    return records(), children, cohorts
 
 
-def _meta(stats, tables, tables_dir) -> dict:
-    """What the next incremental replay needs beside the records (pipeline.replay_delta)."""
+_LINEAGE_AT = _Gen.__slots__.index("lineage")
+
+
+def saved_record(record):
+    """A record as _state_parts saved it, with its listing a dict again."""
+    if record is None or type(record[1]) is not tuple:
+        return record
+    values, (cohort_id, key) = record
+    return values, {cohort_id: (key, values[_LINEAGE_AT])}
+
+
+def _meta(stats, tables) -> dict:
+    """What the next incremental replay needs beside the records (pipeline.replay_delta), but
+    the tables' "files" (table_files)."""
     scores = tables["scores_long"][1]
     columns, cells = {}, {}
     for s in scores:
@@ -503,8 +581,7 @@ def _meta(stats, tables, tables_dir) -> dict:
         columns[column] = columns.get(column, 0) + 1
         cells.setdefault(_model_template_cell(s), []).append(float(s[_SCORE_AT]))
     return {"version": stats.version_after, "rows": dict(stats.rows), "columns": columns,
-            "cells": {cell: (len(values), values) for cell, values in cells.items()},
-            "files": table_files(tables_dir)}
+            "cells": {cell: (len(values), values) for cell, values in cells.items()}}
 
 
 def table_files(tables_dir) -> dict:

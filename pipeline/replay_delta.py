@@ -29,7 +29,7 @@ from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
 from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _gen_from, _SCORE_AT, _VALUES, _lineage,
                      _listing, _member, _model_template_cell, _model_template_table, _pivot_cells, _pivot_column, _pivot_rows,
-                     _rows, table_files, to_csv)
+                     _rows, saved_record, table_files, to_csv)
 
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class _Update:
         if missing:
             found = self.state.records(missing)
             for gen_id in missing:
-                self.old[gen_id] = found.get(gen_id)
+                self.old[gen_id] = saved_record(found.get(gen_id))
 
     def record(self, gen_id, new=True):
         if new and gen_id in self.new:

@@ -276,8 +276,11 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
     generate(events, 3000, writers=4, seed=3)
     day = events / "2025-01-01"
     first, *_, last = sorted(day.iterdir())
-    # a torn last line in the child's half
     with open(last, "a") as fh:
+        # a call row the child renders whose CSV line spans two lines; then a torn last line
+        fh.write(json.dumps({"event_id": "n" * 32, "schema": 1, "ts": "2025-01-01T00:00:00.000001Z",
+                             "type": "llm_call_failed", "cohort_id": None, "stage": "draft", "gen_id": "d_x",
+                             "error_class": 'Two\nlines, "quoted"', "will_retry": False}) + "\n")
         fh.write('{"event_id": "torn')
 
     def both(name, **kwargs):
@@ -300,6 +303,7 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
 
     one, two = both("plain")
     assert one == two and one[0].torn and one[0].events > 2500
+    assert b'\n2025-01-01T00:00:00.000001Z,draft,d_x,,,failed,,"Two\nlines, ""quoted""",false,' in one[2]["llm_calls"]
 
     # a copy of the first segment at the end: the duplicates are the second process's
     (day / ("z" + first.name)).write_bytes(first.read_bytes())
@@ -317,3 +321,45 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
         monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
         with pytest.raises(EventLogError, match=rf"{last.name}:\d+: malformed event \(invalid JSON"):
             replay(events, tmp_path / "bad", full=True)
+
+
+def test_a_table_the_state_writing_child_cannot_write_is_a_clear_error_naming_it(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.errors import StoreError
+
+    monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
+    events = tmp_path / "events"
+    generate(events, 300, writers=2, seed=1)
+    for spare in (True, False):   # the child writes llm_calls.csv, or this process does
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        tables = tmp_path / f"tables-{spare}"
+        (tables / "llm_calls.csv").mkdir(parents=True)   # in the way
+        with pytest.raises(StoreError, match=r"llm_calls.csv: cannot write \(Is a directory\)"):
+            replay(events, tables, full=True)
+        # no temporary file, no state, no zombie child
+        assert {path.name for path in tables.iterdir()} <= {f"{name}.csv" for name in TABLES}
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)
+
+
+def test_a_full_replay_of_an_unchanged_log_leaves_every_table_file_alone(tmp_path, monkeypatch):
+    import os
+
+    from pipeline import fold_state
+
+    monkeypatch.setattr(fold_state, "PARALLEL_RECORDS", 0)
+    events = tmp_path / "events"
+    generate(events, 300, writers=2, seed=1)
+    for spare in (True, False):   # llm_calls.csv written by the state-writing child, or here
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        tables = tmp_path / f"tables-{spare}"
+        replay(events, tables, full=True)
+        files = {name: os.stat(tables / f"{name}.csv") for name in TABLES}
+        replay(events, tables, full=True)
+        for name, before in files.items():
+            after = os.stat(tables / f"{name}.csv")
+            assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name

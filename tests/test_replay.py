@@ -333,3 +333,24 @@ def test_cli_reports_a_bad_payload_by_file_and_line(tmp_path, capsys):
     assert err.startswith("daydream: error: ") and "x.jsonl:1" in err and "score" in err and "Traceback" not in err
     assert daydream(["replay", "--data-root", str(tmp_path), "--skip-bad"]) == 0
     assert "1 bad lines skipped" in capsys.readouterr().out
+
+
+def test_to_csv_writes_what_csv_writer_writes_for_any_values():
+    import io
+    import random
+
+    from pipeline.replay import to_csv
+
+    values = [None, "a", "", ",", '"', "x\ny", "\r", "None", " s ", 1, 0, -0.0, 1.5, float("nan"), True, 10**20]
+    rng = random.Random(1)
+    for _ in range(5000):
+        width = rng.randint(1, 4)
+        columns = tuple(f"c{i}" for i in range(width))
+        # mostly rows as wide as the header, some not
+        rows = [tuple(rng.choice(values) for _ in range(rng.choice((width, width, width, width + 1))))
+                for _ in range(rng.randint(0, 3))]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        assert to_csv(columns, rows) == out.getvalue(), rows
