@@ -77,7 +77,7 @@ def waiting_on(paths, stage, gen_id):
 
 @functools.lru_cache(maxsize=1 << 16)
 def _parent_id(paths, stage, gen_id):
-    # a generation's id is derived from its parent's (shared decision 1), so the answer never
+    # a generation's id is derived from its parent's (pipeline.ids), so the answer never
     # changes: luigi asks waiting_on several times per task, and each ask read metadata.json
     return load_meta(paths, stage, gen_id)["parent_gen_id"]
 
