@@ -17,7 +17,6 @@ Why not simply require every generation (or yield them all as dynamic dependenci
 """
 import logging
 import multiprocessing
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -33,7 +32,6 @@ from . import claims, lifeline, runlog, store
 from .stages import PARENT
 from .config import llm as llm_config, pipeline as pipeline_config
 from .errors import PipelineError
-from .llm_http import env_session
 from .membership import read_membership
 
 log = logging.getLogger("luigi-interface")
@@ -119,41 +117,12 @@ def _spawned(plan):
 
 
 class _Schedulers(luigi.interface._WorkerSchedulerFactory):
-    """luigi.build's ``worker_scheduler_factory``: luigi's own, except that
-    - a chunk's local scheduler does not prune its task graph on every request for work (luigi's does,
-      a walk over every task each time a task starts). A chunk's build is short-lived and its one
-      worker is this process;
-    - the client of a luigid reads the environment's proxy settings once per process (_LuigidClient)."""
+    """luigi.build's ``worker_scheduler_factory``: luigi's own, except that a chunk's local scheduler
+    does not prune its task graph on every request for work (luigi's does, a walk over every task
+    each time a task starts). A chunk's build is short-lived and its one worker is this process."""
 
     def create_local_scheduler(self):
         return luigi.scheduler.Scheduler(prune_on_get_work=False, record_task_history=False)
-
-    def create_remote_scheduler(self, url):
-        return _LuigidClient(url)
-
-
-class _LuigidClient(luigi.rpc.RemoteScheduler):
-    """luigi's client of a luigid, sending through a session that has read the environment's proxy
-    and CA settings once (llm_http.env_session), where luigi's re-reads os.environ on every call:
-    the worker waits for two calls per task (its result, the next task) before it starts the next,
-    and each task process, which sends one more, takes over a session built before the fork."""
-
-    def __init__(self, url, connect_timeout=None):
-        super().__init__(url, connect_timeout)
-        if isinstance(self._fetcher, luigi.rpc.RequestsFetcher):  # luigi's choice when requests is there
-            self._fetcher = _EnvOnceFetcher(url)
-
-
-class _EnvOnceFetcher(luigi.rpc.RequestsFetcher):
-    def __init__(self, url):
-        super().__init__()
-        self.url, self.session = url, env_session(url)
-        self.unused = env_session(url)  # for a forked task process: never sent through, it holds no connection
-
-    def check_pid(self):
-        # as luigi's: a session must not cross a fork once used (task processes send status messages)
-        if os.getpid() != self.process_id:
-            self.session, self.unused, self.process_id = self.unused or env_session(self.url), None, os.getpid()
 
 
 def _build(tasks, plan) -> bool:

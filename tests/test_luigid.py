@@ -78,30 +78,3 @@ def test_two_workers_one_scheduler_buy_each_generation_once(tmp_path, project, m
     assert set(completed) == {r["gen_id"] for r in rows}
     assert_same_tables(project, result_tables(reference))
 
-
-def test_task_processes_reach_the_luigid_on_sessions_of_their_own(tmp_path):
-    """The chunks' luigid client (chunks._Schedulers) after forks: each task process sends its status
-    message through a session of its own, never the worker's pooled connection, and every call lands."""
-    import os
-
-    from pipeline.chunks import _Schedulers
-
-    with luigid(tmp_path / "luigid", env=command_env()) as (url, *_):
-        client = _Schedulers().create_remote_scheduler(url)
-        client.add_task(worker="w", task_id="T_1", status="PENDING", runnable=True)
-        worker_session = client._fetcher.session  # pooled a connection to the luigid just now
-        for n in range(3):
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # a task process: its status message, then whether it used the worker's session
-                try:
-                    client.set_task_status_message("T_1", f"message {n}")
-                    os.write(write, b"shared" if client._fetcher.session is worker_session else b"own")
-                finally:
-                    os._exit(0)
-            os.close(write)
-            assert os.waitpid(pid, 0)[1] == 0
-            with os.fdopen(read, "rb") as fh:
-                assert fh.read() == b"own"
-        assert client.get_task_status_message("T_1")["statusMessage"] == "message 2"
-        assert client._fetcher.session is worker_session
