@@ -115,6 +115,7 @@ class OpenAIClient:
         self.on_attempt_failed = on_attempt_failed
         self._session = session
         self._own_session_pid = None if session is not None else 0  # None: the caller's, 0: ours, unused
+        self._route = None   # (urllib3 pool, request target, headers) for this process's session
 
     def __repr__(self):
         return f"OpenAIClient({self.base_url!r}, api_key={'***' if self._api_key else None})"
@@ -130,7 +131,7 @@ class OpenAIClient:
         # A pooled session must not cross a fork (Luigi worker processes): ours belongs to the first
         # process that sends through it, and any other process builds its own.
         if self._session is None or self._own_session_pid not in (None, 0, os.getpid()):
-            self._session = self._new_session()
+            self._session, self._route = self._new_session(), None
         if self._own_session_pid is not None:
             self._own_session_pid = os.getpid()
         return self._session
@@ -141,6 +142,21 @@ class OpenAIClient:
         s.mount("http://", adapter)
         s.mount("https://", adapter)
         return s
+
+    def _pool(self):
+        """(connection pool, request target, headers) for the chat-completions URL: the session's
+        adapter picks the pool (proxy, CA bundle) once; each request then goes to urllib3 directly,
+        as the adapter would send it, without requests' per-request preparation (half its CPU)."""
+        session = self.session
+        if self._route is None:
+            url = f"{self.base_url}/chat/completions"
+            prepared = requests.Request("POST", url).prepare()
+            adapter = session.get_adapter(url)
+            pool = adapter.get_connection_with_tls_context(prepared, session.verify, proxies=session.proxies)
+            adapter.cert_verify(pool, url, session.verify, None)
+            headers = {**session.headers, "Content-Type": "application/json"}
+            self._route = (pool, adapter.request_url(prepared, session.proxies), headers)
+        return self._route
 
     def complete(self, model: str, prompt: str, *, max_tokens=None, temperature=None,
                  before_attempt=None) -> LLMResult:
@@ -153,6 +169,7 @@ class OpenAIClient:
             payload["max_tokens"] = max_tokens
         if temperature is not None:
             payload["temperature"] = temperature
+        request_body = json.dumps(payload, allow_nan=False).encode("utf-8")  # as requests' json= encodes it
         start = time.monotonic()
         deadline = None if self.deadline_s is None else start + self.deadline_s
         attempt = rate_limited = 0
@@ -163,7 +180,7 @@ class OpenAIClient:
             if fail is not None and deadline is not None and time.monotonic() >= deadline:
                 break  # a rate limiter's wait used up the rest of the time
             attempt += 1
-            outcome = self._attempt(model, payload, deadline)
+            outcome = self._attempt(model, request_body, deadline)
             if isinstance(outcome, LLMResult):
                 outcome.attempts = attempt
                 outcome.duration_s = time.monotonic() - start
@@ -206,29 +223,38 @@ class OpenAIClient:
     def _scrub(self, text: str) -> str:
         return self._key_pattern.sub("***", text) if self._key_pattern else text
 
-    def _attempt(self, model, payload, deadline) -> "LLMResult | _Failure":
+    def _attempt(self, model, request_body, deadline) -> "LLMResult | _Failure":
         connect, read = self.timeout
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0:
                 return _Failure(None, "deadline", "deadline reached before the attempt", True)
             connect, read = min(connect, left), min(read, left)
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:
-            # stream=True: the body is read below in chunks against the deadline, so a server
-            # trickling bytes (each within the read timeout) cannot hold the call forever
-            with self.session.post(f"{self.base_url}/chat/completions", json=payload, headers=headers,
-                                   timeout=(connect, read), stream=True) as resp:
+            pool, target, headers = self._pool()
+            if self._api_key:
+                headers = {**headers, "Authorization": f"Bearer {self._api_key}"}
+            # preload_content=False: the body is read below in chunks against the deadline, so a
+            # server trickling bytes (each within the read timeout) cannot hold the call forever
+            resp = pool.urlopen("POST", target, body=request_body, headers=headers, redirect=False,
+                                assert_same_host=False, preload_content=False, decode_content=False,
+                                retries=_NO_RETRIES, timeout=urllib3.Timeout(connect=connect, read=read))
+            try:
                 raw = _read_body(resp, deadline)
-        except requests.Timeout:
-            return _Failure(None, "timeout", f"no answer within {read:g}s", True)
-        except requests.RequestException as exc:
-            # Covers refused/reset connections and bodies cut off mid-response (ChunkedEncodingError).
+            finally:
+                resp.close()  # as requests closes a streamed response
+                resp.release_conn()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if _is_timeout(exc):
+                return _Failure(None, "timeout", f"no answer within {read:g}s", True)
+            # refused/reset connections and bodies cut off mid-response; named as requests names them
+            return _Failure(None, "connection", self._scrub(f"ConnectionError: {exc}")[:_SNIPPET], True)
+        except requests.RequestException as exc:  # the session's settings name a bad proxy or URL
             return _Failure(None, "connection", self._scrub(f"{type(exc).__name__}: {exc}")[:_SNIPPET], True)
         if raw is None:
             return _Failure(None, "deadline", "response body still arriving at the deadline", True)
         # scrubbed before anything is cut short, so no snippet can end in part of the key
-        if resp.status_code != 200:
+        if resp.status != 200:
             return self._http_failure(model, resp, self._scrub(raw.decode("utf-8", "replace")))
         try:
             body_text = self._scrub(raw.decode("utf-8"))
@@ -243,7 +269,7 @@ class OpenAIClient:
         return self._parse_ok(model, body)
 
     def _http_failure(self, model, resp, body_text) -> _Failure:
-        status = resp.status_code
+        status = resp.status
         # scrubbed again once decoded: JSON may have spelled the key in \uXXXX escapes
         said = self._scrub(_server_message(body_text))[:_SNIPPET]
         if status in RETRYABLE_STATUSES or status >= 500:
@@ -301,17 +327,23 @@ def _read_body(resp, deadline) -> "bytes | None":
     read1 returns whatever one socket read brings (iter_content would wait for a full chunk)."""
     chunks = []
     while True:
-        try:
-            chunk = resp.raw.read1(_CHUNK, decode_content=True)
-        except urllib3.exceptions.ReadTimeoutError as exc:
-            raise requests.ReadTimeout(str(exc)) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise requests.ConnectionError(str(exc)) from None
+        chunk = resp.read1(_CHUNK, decode_content=True)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
         if deadline is not None and time.monotonic() >= deadline:
             return None
+
+
+_NO_RETRIES = urllib3.Retry(0, read=False)  # requests' default: the retries here are ours
+
+
+def _is_timeout(exc) -> bool:
+    """True for a connect or read timeout (as requests tells them: a refused connection is not one)."""
+    if isinstance(exc, urllib3.exceptions.MaxRetryError):
+        exc = exc.reason
+    return isinstance(exc, urllib3.exceptions.TimeoutError) and not isinstance(
+        exc, urllib3.exceptions.NewConnectionError)
 
 
 def _clean_key(key, key_name):
