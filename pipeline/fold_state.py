@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .events import ReadStats, _split_lines, iter_segments, scan_lines
-from .fsio import new_tmp, write_bytes_atomic
+from .fsio import new_tmp, write_bytes_atomic, write_if_changed
 
 STATE_FILE = "_fold_state.sqlite"
 # written by earlier versions (the fold, the cross-experiment row lines): removed on a full replay
@@ -218,46 +218,37 @@ def open_state(tables_dir, events_dir):
 
 def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
     """Begin replacing the saved state. A forked child (the machine's other core) writes
-    ``files`` - (path, function returning its text) pairs: tables the caller hands over - and
-    calls ``parts()`` - (records: (gen_id, record) pairs, children: parent -> gen_ids, cohorts:
-    cohort_id -> entry) for ``n_records`` records - and writes them to a new file while this
-    process goes on (pipeline.replay writes the other tables meanwhile);
-    PendingState.finish(state, meta) then puts the files in place, sets ``state.meta = meta()``,
-    adds ``state``'s segments and meta and puts the state in place; PendingState.abort() drops
-    them all."""
+    ``files`` - (path, function returning its text) pairs: tables the caller hands over, written
+    as fsio.write_if_changed writes them - and calls ``parts()`` - (records: (gen_id, record)
+    pairs, children: parent -> gen_ids, cohorts: cohort_id -> entry) for ``n_records`` records -
+    and writes them to a new file while this process goes on (pipeline.replay writes the other
+    tables meanwhile); PendingState.finish(state, meta) then sets ``state.meta = meta()``, adds it
+    and ``state``'s segments and puts the state in place, PendingState.abort() drops it."""
     path = Path(tables_dir) / STATE_FILE
     size = 256
     while size * GENS_PER_SHARD < n_records:
         size *= 2
-    # made here: their names carry this (live) process's pid, not the child's
-    tmps = []
-    try:
-        for file, _ in files:
-            tmps.append(new_tmp(file))
-        tmp = new_tmp(path)
-    except BaseException:
-        _unlink(tmps)
-        raise
-    pending = PendingState(path, tmp, size - 1, None, None, list(zip((file for file, _ in files), tmps)))
+    tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
 
     def write():
-        for (file, text), file_tmp in zip(files, tmps):
-            _fill(file_tmp, file, text())
+        for file, text in files:
+            # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
+            write_if_changed(file, text(), fsync=False)
         _write_records(tmp, size - 1, *parts())
 
     if n_records < PARALLEL_RECORDS or not spare_core():
         try:
             write()
         except BaseException as exc:
-            pending.abort()
+            os.unlink(tmp)
             if isinstance(exc, sqlite3.Error):   # the message the forked writer's failure gets
                 raise save_error(path, f"{type(exc).__name__}: {exc}") from None
             raise
-        return pending
+        return PendingState(path, tmp, size - 1, None, None)
     try:
         read_end, write_end = os.pipe()
     except BaseException:
-        pending.abort()
+        os.unlink(tmp)
         raise
     pid = os.fork()
     if pid == 0:   # the child: never returns, never runs the parent's exit handlers
@@ -273,37 +264,7 @@ def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
         finally:
             os._exit(code)
     os.close(write_end)
-    pending.pid, pending.errors = pid, read_end
-    return pending
-
-
-def _fill(tmp, path, text) -> None:
-    """Write ``text`` into ``tmp``, to replace ``path`` - or delete ``tmp`` when ``path`` holds
-    that text already (its mtime then stays, as with fsio.write_if_changed)."""
-    data = text.encode("utf-8")
-    try:
-        try:
-            with open(path, "rb") as fh:
-                same = fh.read() == data
-        except FileNotFoundError:
-            same = False
-        if same:
-            os.unlink(tmp)
-            return
-        # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
-                         "then rerun") from None
-
-
-def _unlink(paths) -> None:
-    for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+    return PendingState(path, tmp, size - 1, pid, read_end)
 
 
 def save_error(path, why) -> StoreError:
@@ -353,17 +314,16 @@ def _write_records(tmp, mask, records, children, cohorts) -> None:
 
 @dataclass
 class PendingState:
-    """A state (and files) being written by save_state's child process (pid None: written here)."""
+    """A state being written by save_state's child process (pid None: already written here)."""
     path: Path
     tmp: str
     mask: int
     pid: int
     errors: int   # read end of a pipe: the child's error message, if it fails
-    files: list   # (path, temporary file filled to replace it, or deleted: unchanged)
 
     def finish(self, state, meta) -> None:
-        """Wait for the child; put the files in place; set ``state.meta = meta()`` and add it and
-        ``state``'s segments; put the state in place. Raises StoreError when the child failed."""
+        """Wait for the child; set ``state.meta = meta()`` and add it and ``state``'s segments; put
+        the state in place. Raises StoreError when the child failed."""
         try:
             status = self._wait()
             if status != 0:
@@ -371,9 +331,6 @@ class PendingState:
                 if message.startswith("!"):
                     raise StoreError(message[1:])
                 raise save_error(self.path, message)
-            for path, tmp in self.files:
-                if os.path.exists(tmp):
-                    os.replace(tmp, path)
             state.meta = meta()
             state.mask = self.mask
             db = sqlite3.connect(self.tmp, isolation_level=None)
@@ -395,7 +352,7 @@ class PendingState:
             (self.path.parent / name).unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Stop the child if it still runs and drop its files (the saved state stays as it was)."""
+        """Stop the child if it still runs and drop its file (the saved state stays as it was)."""
         if self.pid is not None:
             try:
                 os.kill(self.pid, signal.SIGKILL)
@@ -405,7 +362,10 @@ class PendingState:
         if self.errors is not None:
             os.close(self.errors)
             self.errors = None
-        _unlink([self.tmp] + [tmp for _, tmp in self.files])
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
 
     def _wait(self) -> int:
         """The child's exit status, once it has ended (reaped: no zombie is left)."""

@@ -65,10 +65,13 @@ def _write_tmp(path, data: bytes, fsync: bool = True, reuse=None) -> str:
         if tmp is not None:
             os.unlink(tmp)
         if isinstance(exc, OSError):
-            raise StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, "
-                             f"then rerun") from None
+            raise _cannot_write(path, exc) from None
         raise
     return tmp
+
+
+def _cannot_write(path, exc) -> StoreError:
+    return StoreError(f"{path}: cannot write ({exc.strerror}); free disk space or fix permissions, then rerun")
 
 
 def new_tmp(path) -> str:
@@ -117,7 +120,12 @@ def write_bytes_atomic(path, data, fsync: bool = True, reuse=None) -> None:
     """``fsync=False`` for bulk, re-derivable files (metadata seeds): rename stays atomic.
     ``data``: bytes, or a function given the open file descriptor to write them to.
     ``reuse``: a temporary file swap_in_json returned, written over instead of a new one."""
-    os.replace(_write_tmp(path, data, fsync, reuse), path)
+    tmp = _write_tmp(path, data, fsync, reuse)
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:   # e.g. a folder in the way
+        os.unlink(tmp)
+        raise _cannot_write(path, exc) from None
 
 
 def write_text_atomic(path, text: str, fsync: bool = True, reuse=None) -> None:
@@ -209,7 +217,7 @@ def write_if_changed(path, text: str, fsync: bool = True) -> bool:
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
-    except (FileNotFoundError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError):   # none, unreadable or a folder: the write says which
         pass
     write_text_atomic(path, text, fsync)
     return True
