@@ -97,10 +97,13 @@ class _Gen:
 _VALUES = attrgetter(*_Gen.__slots__)
 
 
-# _gen_from(values): the _Gen whose _VALUES are ``values``. Written out as one assignment to every
-# slot: Fold.merge makes one per generation of the other fold, and a loop of setattr cost 6x as much.
-exec(compile(f"def _gen_from(values):\n    g = _new(_Gen)\n    {', '.join(f'g.{name}' for name in _Gen.__slots__)} = values\n"
-             "    return g", "<_gen_from>", "exec"), {"_new": object.__new__, "_Gen": _Gen}, globals())
+def _gen_from(values):
+    """The _Gen whose _VALUES are ``values``. One assignment to every slot, in __slots__ order:
+    Fold.merge makes one per generation of the other fold, and a setattr loop cost 6x as much."""
+    g = _Gen.__new__(_Gen)
+    (g.stage, g.status_key, g.status, g.lineage, g.done_key, g.done, g.reused_ts, g.parse_key, g.parse,
+     g.error, g.cohorts, g.origin_key, g.origin, g.ids, g.call_keys) = values
+    return g
 
 
 class Fold:
@@ -296,7 +299,7 @@ def _calls_csv(fold) -> str:
         return to_csv(*_calls_table(fold.calls))
     lines = fold.call_lines + _call_lines(fold.calls)
     lines.sort()   # by (ts, event_id): unique, so lines are never compared
-    return to_csv(COLUMNS["llm_calls"], ()) + "".join(["\n".join([line for _, _, line in lines]), "\n"] if lines else [])
+    return to_csv(COLUMNS["llm_calls"], ()) + "".join([f"{line}\n" for _, _, line in lines])
 
 
 def fold(pairs) -> dict:

@@ -354,3 +354,10 @@ def test_to_csv_writes_what_csv_writer_writes_for_any_values():
         writer.writerow(columns)
         writer.writerows(rows)
         assert to_csv(columns, rows) == out.getvalue(), rows
+
+
+def test_a_generation_rebuilt_from_its_values_has_the_same_values():
+    from pipeline.replay import _VALUES, _Gen, _gen_from
+
+    values = tuple(f"v{i}" for i in range(len(_Gen.__slots__)))
+    assert _VALUES(_gen_from(values)) == values
