@@ -22,8 +22,7 @@ import socket
 import threading
 import uuid
 import weakref
-from dataclasses import MISSING, dataclass, field
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,17 +32,23 @@ SCHEMA_VERSION = 1
 _ENVELOPE = ("event_id", "schema", "ts", "type")
 
 
-# --- the event types: one dataclass each, the single definition of every payload -------------
-# A field annotated with a check and no default is required; one defaulting to None may be absent
-# or null. EventLog.emit refuses an unknown field, a missing required one or a wrong type at once;
-# replay refuses the last two (naming file:line) and ignores fields it does not know.
+# --- the event types: one class each, the single definition of every payload ----------------
+# Each field is annotated with its check; it may be absent or null unless the check is wrapped in
+# required(...). A type has its bases' fields first. EventLog.emit refuses an unknown field, a
+# missing required one or a wrong type at once; replay refuses the last two (naming file:line) and
+# ignores fields it does not know.
 
 @dataclass(frozen=True)
 class _Check:
-    """A field's allowed values: ``ok`` is a Python expression over ``v`` (never None: whether a
-    field may be null or absent is PAYLOADS' required flag), true when v is right."""
+    """A field's allowed values: ``ok`` is a Python expression over ``v`` (never None), true when v
+    is right; ``required``: the field must be present and not null."""
     ok: str
     expected: str
+    required: bool = False
+
+
+def required(check):
+    return _Check(check.ok, check.expected, required=True)
 
 
 TEXT = _Check("type(v) is str", "a string")
@@ -59,105 +64,94 @@ TEXTS = _Check("type(v) is list and set(map(type, v)) <= {str}", "a list of stri
 ROWS = _Check("type(v) is list and set(map(type, v)) <= {list}"
               " and set(map(type, chain.from_iterable(v))) <= {NoneType, str, int, float}",
               "a list of lists of values")
-GEN_ID = TEXT
 
 
-@dataclass(frozen=True, kw_only=True)
 class _Event:
-    cohort_id: TEXT = None
-    stage: TEXT = None
-    gen_id: TEXT = None
+    cohort_id: TEXT
+    stage: TEXT
+    gen_id: TEXT
 
 
-@dataclass(frozen=True, kw_only=True)
 class _Generation(_Event):
-    gen_id: GEN_ID = field()   # required (no default): every type but cohort_built names its generation
+    gen_id: required(TEXT)   # every type but cohort_built names its generation
 
 
-@dataclass(frozen=True, kw_only=True)
 class _Lineage(_Generation):
-    parent_gen_id: TEXT = None
-    combo_id: TEXT = None
-    template_id: TEXT = None
-    llm_model_id: TEXT = None
-    replicate: INT_LIKE = None
+    parent_gen_id: TEXT
+    combo_id: TEXT
+    template_id: TEXT
+    llm_model_id: TEXT
+    replicate: INT_LIKE
 
 
-@dataclass(frozen=True, kw_only=True)
+class _Saved(_Lineage):
+    """The answer is on disk: raw.txt, its parsed output, raw.txt's hash."""
+    raw_path: TEXT
+    parsed_path: TEXT
+    raw_sha256: TEXT
+
+
 class CohortBuilt(_Event):
     """A cohort's membership was (re)written; the latest per cohort wins."""
-    spec_hash: TEXT = None
-    catalog_hash: TEXT = None
-    counts: COUNTS = None
-    member_fields: TEXTS
-    members: ROWS
-    source: TEXT = None   # import: written by `daydream import-original`
+    spec_hash: TEXT
+    catalog_hash: TEXT
+    counts: COUNTS
+    member_fields: required(TEXTS)
+    members: required(ROWS)
+    source: TEXT   # import: written by `daydream import-original`
 
 
-@dataclass(frozen=True, kw_only=True)
 class GenerationStarted(_Lineage):
     """A paid call is about to be made."""
 
 
-@dataclass(frozen=True, kw_only=True)
 class LlmCallFailed(_Generation):
     """One attempt failed (status: HTTP status or null)."""
-    llm_model_id: TEXT = None
-    attempt: INT = None
-    status: INT = None
-    error_class: TEXT = None
-    message: TEXT = None
-    will_retry: FLAG = None
-    delay_s: NUMBER = None
+    llm_model_id: TEXT
+    attempt: INT
+    status: INT
+    error_class: TEXT
+    message: TEXT
+    will_retry: FLAG
+    delay_s: NUMBER
 
 
-@dataclass(frozen=True, kw_only=True)
-class GenerationCompleted(_Lineage):
+class GenerationCompleted(_Saved):
     """Answered and parsed; source: run, backfill or import."""
-    raw_path: TEXT = None
-    parsed_path: TEXT = None
-    raw_sha256: TEXT = None
-    source: TEXT = None
-    copy: FLAG = None
-    duration_s: NUMBER = None
-    provider_model: TEXT = None
-    finish_reason: TEXT = None
-    prompt_tokens: INT = None
-    completion_tokens: INT = None
-    total_tokens: INT = None
-    cost: NUMBER = None
-    attempts: INT = None
+    source: TEXT
+    copy: FLAG
+    duration_s: NUMBER
+    provider_model: TEXT
+    finish_reason: TEXT
+    prompt_tokens: INT
+    completion_tokens: INT
+    total_tokens: INT
+    cost: NUMBER
+    attempts: INT
 
 
-@dataclass(frozen=True, kw_only=True)
-class GenerationReused(_Lineage):
+class GenerationReused(_Saved):
     """raw.txt existed: parsed again, no call."""
-    raw_path: TEXT = None
-    parsed_path: TEXT = None
-    raw_sha256: TEXT = None
 
 
-@dataclass(frozen=True, kw_only=True)
 class ParseFailed(_Generation):
     """The answer could not be parsed."""
-    parser: TEXT = None
-    reason: TEXT = None
+    parser: TEXT
+    reason: TEXT
 
 
-@dataclass(frozen=True, kw_only=True)
 class ScoreParsed(_Generation):
     """An evaluation's score (scale 0-9 or 10); the latest parse outcome wins."""
-    score: NUMBER
-    scale: TEXT = None
-    parser: TEXT = None
-    source: TEXT = None
+    score: required(NUMBER)
+    scale: TEXT
+    parser: TEXT
+    source: TEXT
 
 
-@dataclass(frozen=True, kw_only=True)
 class GenerationFailed(_Lineage):
     """The generation failed; its dependents are blocked."""
-    error_class: TEXT = None
-    error: TEXT = None
+    error_class: TEXT
+    error: TEXT
 
 
 EVENTS = {"cohort_built": CohortBuilt, "generation_started": GenerationStarted,
@@ -165,10 +159,19 @@ EVENTS = {"cohort_built": CohortBuilt, "generation_started": GenerationStarted,
           "generation_reused": GenerationReused, "parse_failed": ParseFailed,
           "score_parsed": ScoreParsed, "generation_failed": GenerationFailed}
 EVENT_TYPES = frozenset(EVENTS)
-# type -> {field: (check, required)}, in definition order
-PAYLOADS = {etype: {f.name: (f.type, f.default is MISSING) for f in dataclass_fields(cls)}
-            for etype, cls in EVENTS.items()}
 
+
+def _fields(cls) -> dict:
+    """name -> check, bases first; a field a subclass declares again keeps its first place."""
+    fields = {}
+    for klass in reversed(cls.__mro__):
+        fields.update(vars(klass).get("__annotations__", {}))
+    return fields
+
+
+# type -> {field: (check, required)}, in definition order
+PAYLOADS = {etype: {name: (check, check.required) for name, check in _fields(cls).items()}
+            for etype, cls in EVENTS.items()}
 
 def _compile(etype, payload):
     """Two functions written out for this type, so checking an event runs no loop over the schema
