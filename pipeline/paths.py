@@ -51,17 +51,16 @@ class Paths:
         return cls(data_root or cfg.data_root or None, raw_root or cfg.raw_root or None,
                    cohorts_root or cfg.cohorts_root or None)
 
+    # Fixed files and folders: one line each, a property naming the path below its root.
+
     # catalog
-    @property
-    def concepts_json(self):
-        return self.raw_root / "concepts" / "day_dreaming_concepts.json"
+    concepts_json = property(lambda self: self.raw_root / "concepts" / "day_dreaming_concepts.json")
+    concepts_metadata_csv = property(lambda self: self.raw_root / "concepts_metadata.csv")
+    models_csv = property(lambda self: self.raw_root / "llm_models.csv")
+    replication_csv = property(lambda self: self.raw_root / "replication_config.csv")
 
     def concept_description(self, level, concept_id):
         return self.raw_root / "concepts" / f"descriptions-{level}" / f"{concept_id}.txt"
-
-    @property
-    def concepts_metadata_csv(self):
-        return self.raw_root / "concepts_metadata.csv"
 
     def templates_csv(self, stage):
         return self.raw_root / f"{stage}_templates.csv"
@@ -69,15 +68,11 @@ class Paths:
     def template_file(self, stage, template_id):
         return self.raw_root / "templates" / stage / f"{template_id}.txt"
 
-    @property
-    def models_csv(self):
-        return self.raw_root / "llm_models.csv"
-
-    @property
-    def replication_csv(self):
-        return self.raw_root / "replication_config.csv"
-
     # cohorts
+    # data/cohorts: what each cohort's runs wrote (its spec lives under cohorts_root)
+    cohorts_data_root = property(lambda self: self.data_root / "cohorts")
+    combo_mappings_csv = property(lambda self: self.data_root / "combo_mappings.csv")
+
     def spec_files(self, cohort_id):
         """Where a cohort's spec may live, first found wins: this project's spec.yaml, then the
         original's spec/config.yaml (beside the spec.yaml, or under data/cohorts/<id>/)."""
@@ -98,11 +93,6 @@ class Paths:
             found.update(p.relative_to(root).parts[0] for p in root.glob(pattern))
         return sorted(found)
 
-    @property
-    def cohorts_data_root(self):
-        """data/cohorts: what each cohort's runs wrote (its spec lives under cohorts_root)."""
-        return self.data_root / "cohorts"
-
     def cohort_dir(self, cohort_id):
         return self.cohorts_data_root / check_id(cohort_id, "cohort id")
 
@@ -118,14 +108,11 @@ class Paths:
     def results_dir(self, cohort_id):
         return self.data_root / "results" / check_id(cohort_id, "cohort id")
 
-    @property
-    def combo_mappings_csv(self):
-        return self.data_root / "combo_mappings.csv"
-
-    # generations
-    @property
-    def gens_root(self):
-        return self.data_root / "gens"
+    # generations, the event log, run logs, result tables
+    gens_root = property(lambda self: self.data_root / "gens")
+    events_dir = property(lambda self: self.data_root / "events")
+    logs_dir = property(lambda self: self.data_root / "logs")
+    tables_dir = property(lambda self: self.data_root / "tables")
 
     def stage_dir(self, stage):
         if stage not in STAGES:
@@ -137,15 +124,3 @@ class Paths:
             return self.stage_dir(stage)  # raises, naming the stage
         # one join, not three: asked for several times per generation
         return self.data_root.joinpath("gens", STAGE[stage].folder, check_id(gen_id, "generation id"))
-
-    @property
-    def events_dir(self):
-        return self.data_root / "events"
-
-    @property
-    def logs_dir(self):
-        return self.data_root / "logs"
-
-    @property
-    def tables_dir(self):
-        return self.data_root / "tables"
