@@ -57,6 +57,13 @@ def _version():
         return "unknown (not installed)"
 
 
+def _add_command(sub, name, func, help):
+    """The parser of subcommand ``name``, which runs ``func(args)``."""
+    parser = sub.add_parser(name, help=help)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def _add_roots(parser):
     parser.add_argument("--data-root", help="data folder (default: luigi.cfg [pipeline] data_root, or data)")
     parser.add_argument("--raw-root", help="catalog folder (default: <data-root>/1_raw)")
@@ -328,27 +335,24 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plan", help="preview a cohort: counts, LLM calls, cost estimate, first rows")
+    p = _add_command(sub, "plan", cmd_plan, "preview a cohort: counts, LLM calls, cost estimate, first rows")
     p.add_argument("cohort_id")
     p.add_argument("--rows", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     _add_roots(p)
-    p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("status", help="per stage: total, done, failed, pending")
+    p = _add_command(sub, "status", cmd_status, "per stage: total, done, failed, pending")
     p.add_argument("cohort_id")
     p.add_argument("--failures", type=int, default=20, help="failures to list")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     _add_roots(p)
-    p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("parse-score", help="print the score of saved evaluation responses")
+    p = _add_command(sub, "parse-score", cmd_parse_score, "print the score of saved evaluation responses")
     p.add_argument("--parser", default="in_last_line",
                    help=f"score parser: {', '.join(sorted(SCORE_PARSERS))} (default: %(default)s)")
     p.add_argument("files", nargs="+", metavar="FILE")
-    p.set_defaults(func=cmd_parse_score)
 
-    p = sub.add_parser("replay", help="rebuild <data-root>/tables from the event log")
+    p = _add_command(sub, "replay", cmd_replay, "rebuild <data-root>/tables from the event log")
     p.add_argument("--tables-dir", type=Path, default=None,
                    help="where to write the CSV tables (default: <data-root>/tables)")
     p.add_argument("--skip-bad", action="store_true",
@@ -357,40 +361,37 @@ def build_parser():
                    help="read the whole log again instead of only what was appended since the last "
                         "replay (the tables come out the same)")
     _add_roots(p)
-    p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("rebuild-log", help="write backfill events for generations that have files but no events")
+    p = _add_command(sub, "rebuild-log", cmd_rebuild_log,
+                     "write backfill events for generations that have files but no events")
     _add_roots(p)
-    p.set_defaults(func=cmd_rebuild_log)
 
-    p = sub.add_parser("import-original", help="import a data folder written by the original (its SRC is only read)")
+    p = _add_command(sub, "import-original", cmd_import_original,
+                     "import a data folder written by the original (its SRC is only read)")
     p.add_argument("src_data", help="the original's data folder (holding gens/, cohorts/, combo_mappings.csv)")
     _add_roots(p)
-    p.set_defaults(func=cmd_import_original)
 
-    p = sub.add_parser("compare", help="compare templates and models across cohorts")
+    p = _add_command(sub, "compare", cmd_compare, "compare templates and models across cohorts")
     p.add_argument("cohort_ids", nargs="+")
     p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report with plots to FILE")
     p.add_argument("--json", action="store_true", help="print one JSON object (keys: see README)")
     _add_roots(p)
-    p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("regenerate", help="archive a generation's response and regenerate it (and its dependents)")
+    p = _add_command(sub, "regenerate", cmd_regenerate,
+                     "archive a generation's response and regenerate it (and its dependents)")
     p.add_argument("stage", choices=list(STAGES))
     p.add_argument("gen_id")
     _add_roots(p)
-    p.set_defaults(func=cmd_regenerate)
 
-    p = sub.add_parser("design", help="compile one spec file (the original's format) into design rows")
+    p = _add_command(sub, "design", cmd_design, "compile one spec file (the original's format) into design rows")
     p.add_argument("spec_file")
     p.add_argument("--format", choices=["csv", "jsonl"], default="csv")
     p.add_argument("--out", help="write here (atomically) instead of stdout")
     p.add_argument("--seed", type=int, help="shuffle the rows as the original does with this seed")
-    p.set_defaults(func=cmd_design)
 
     # the original's scripts/select_top_essays.py: same flags, defaults, columns and messages
-    p = sub.add_parser("select-top-essays", help="rank essays by one evaluation template into an editable "
-                       "candidate list (<data-root>/curation/top_essay_candidates.csv)")
+    p = _add_command(sub, "select-top-essays", cmd_select_top_essays, "rank essays by one evaluation template "
+                     "into an editable candidate list (<data-root>/curation/top_essay_candidates.csv)")
     p.add_argument("--cohort-id", required=True, help="label stored as proposed_cohort_id (nothing is created)")
     p.add_argument("--template", required=True, help="evaluation template to rank by")
     p.add_argument("--top-n", type=int, default=10, help="keep the N best by avg_score (default: 10)")
@@ -405,18 +406,16 @@ def build_parser():
     p.add_argument("--output", help="candidate list (default: <data-root>/curation/top_essay_candidates.csv)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_roots(p)
-    p.set_defaults(func=cmd_select_top_essays)
 
-    p = sub.add_parser("reparse", help="parse saved answers (raw.txt) again after a parser fix; no LLM call")
+    p = _add_command(sub, "reparse", cmd_reparse, "parse saved answers (raw.txt) again after a parser fix; no LLM call")
     p.add_argument("targets", nargs="*", metavar="STAGE GEN_ID", help="generations to re-parse")
     p.add_argument("--cohort", help="re-parse this cohort's saved answers that have no parsed output")
     p.add_argument("--all", action="store_true", help="with --cohort: also those already parsed")
     _add_roots(p)
-    p.set_defaults(func=cmd_reparse)
 
     # the original's scripts/build_cohort_from_list.py: same flags, defaults, membership and messages
-    p = sub.add_parser("build-cohort-from-list", help="make a cohort of existing essays picked in a candidate list "
-                       "(<data-root>/cohorts/<id>/membership.csv; nothing is regenerated)")
+    p = _add_command(sub, "build-cohort-from-list", cmd_build_cohort_from_list, "make a cohort of existing essays "
+                     "picked in a candidate list (<data-root>/cohorts/<id>/membership.csv; nothing is regenerated)")
     p.add_argument("--cohort-id", required=True, help="the cohort to write under <data-root>/cohorts/<id>/")
     p.add_argument("--candidate-list", help="the edited list (default: <data-root>/curation/top_essay_candidates.csv)")
     p.add_argument("--aggregated-scores", help="where the evaluation ids come from "
@@ -424,15 +423,13 @@ def build_parser():
     p.add_argument("--template", help="evaluation template (default: the one named in the candidate list)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing membership.csv of the cohort")
     _add_roots(p)
-    p.set_defaults(func=cmd_build_cohort_from_list)
 
-    p = sub.add_parser("run", help="run a cohort (RunCohort) with a live progress line; other options go to luigi, "
-                                   "e.g. --workers 4 --scheduler-url http://host:8082/")
+    p = _add_command(sub, "run", cmd_run, "run a cohort (RunCohort) with a live progress line; other options go "
+                     "to luigi, e.g. --workers 4 --scheduler-url http://host:8082/")
     p.add_argument("cohort_id")
     p.add_argument("--verbose", action="store_true", help="Luigi's per-task log on the terminal, no progress line")
     _add_roots(p)
     p.add_argument("luigi_args", nargs=argparse.REMAINDER, help="luigi options (--workers, --scheduler-url, ...)")
-    p.set_defaults(func=cmd_run)
     return parser
 
 
