@@ -402,8 +402,9 @@ def iter_segments(events_dir) -> list:
 
 
 def scan_events(events_dir, skip_bad=False, stats=None):
-    """Yield ``((ts, segment, line_no), event)`` for each distinct event, in file order; segment
-    is the file's path relative to ``events_dir``, so keys stay put when new segments appear.
+    """Yield ``((ts, segment, offset), event)`` for each distinct event, in file order; segment
+    is the file's path relative to ``events_dir`` (so keys stay put when new segments appear) and
+    offset where the event's line starts in it (pipeline.fold_state reads it back from there).
 
     The key orders events globally; pipeline.replay folds this stream without sorting it.
     Fills ``stats`` (a ReadStats) as it goes."""
@@ -413,17 +414,18 @@ def scan_events(events_dir, skip_bad=False, stats=None):
     for path in iter_segments(events_dir):
         stats.segments += 1
         lines = _split_lines(path.read_bytes())
-        yield from scan_lines(path, path.relative_to(events_dir).as_posix(), lines, 1, seen, stats, skip_bad)
+        yield from scan_lines(path, path.relative_to(events_dir).as_posix(), lines, 1, 0, seen, stats, skip_bad)
     stats.unknown_types = dict(sorted(stats.unknown_types.items()))
 
 
 _scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in, without its wrapping
 
 
-def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
+def scan_lines(path, segment, lines, first_line, first_offset, seen, stats, skip_bad):
     """Check and yield the events of ``lines`` (a segment's text split at newlines, its first
-    element being line ``first_line``); ``seen`` holds the event_ids met so far (duplicates are
-    counted and dropped). An unparsable last line is a torn write: skipped with a warning."""
+    element being line ``first_line``, starting at byte ``first_offset``); ``seen`` holds the
+    event_ids met so far (duplicates are counted and dropped). An unparsable last line is a torn
+    write: skipped with a warning."""
     last = len(lines)
     while last and not lines[last - 1]:
         last -= 1
@@ -431,8 +433,12 @@ def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
     last_no = last + first_line - 1
     scan, valid, add = _scan_once, _VALID, seen.add
     kept = duplicates = 0
+    at = first_offset
     try:
         for line_no, line in enumerate(lines, first_line):
+            offset = at
+            # str.isascii is O(1); bytes (a line that is not UTF-8) are measured as they are
+            at += (len(line) if line.isascii() or type(line) is bytes else len(line.encode("utf-8"))) + 1
             if not line:
                 continue
             # The fast path, once per event: a compact line of a known type, every check passing.
@@ -455,7 +461,7 @@ def scan_lines(path, segment, lines, first_line, seen, stats, skip_bad):
             kept += 1
             if not fast and event["type"] not in valid:  # kept and counted, never folded
                 stats.unknown_types[event["type"]] = stats.unknown_types.get(event["type"], 0) + 1
-            yield (event["ts"], segment, line_no), event
+            yield (event["ts"], segment, offset), event
     finally:
         stats.events += kept
         stats.duplicates += duplicates

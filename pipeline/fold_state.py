@@ -15,9 +15,10 @@ which an incremental pass cannot know; pipeline.replay checks the new ids agains
 touched generation has folded).
 
 The state is an SQLite file (stdlib, one transaction per replay): what pipeline.replay keeps per
-generation is marshalled in shards of about GENS_PER_SHARD generations by a hash of the gen_id,
-each with a checksum, so looking up a few generations reads a few shards. A damaged, foreign or
-older state means a full replay, never an error.
+generation - where its events are in the log (packer(), read back by events_at()) and the
+cohorts listing it - is marshalled in shards of about GENS_PER_SHARD generations by a hash of the
+gen_id, each with a checksum, so looking up a few generations reads a few shards. A damaged,
+foreign or older state means a full replay, never an error.
 
 A full replay uses the machine's second core twice: read_all has a forked child scan and fold the
 later segments of a big log, and save_state has one write the new state (and a table handed to it)
@@ -25,6 +26,7 @@ while this process writes the other tables.
 """
 import errno
 import hashlib
+import json
 import logging
 import marshal
 import os
@@ -33,6 +35,7 @@ import shutil
 import signal
 import sqlite3
 import zlib
+from array import array
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
@@ -45,7 +48,7 @@ STATE_FILE = "_fold_state.sqlite"
 _OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
-VERSION = 3
+VERSION = 4
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 32
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
@@ -72,6 +75,7 @@ class Segment:
     open_line: bool = False  # folded bytes end inside a line (a complete event without its newline)
     head: bytes = b""      # the first and last _EDGE folded bytes: a rewritten segment shows there
     tail: bytes = b""
+    index: int = 0         # the segment's number in packer()'s positions
 
 
 @dataclass
@@ -88,6 +92,7 @@ class FoldState:
     dirty: set = field(default_factory=set)         # shard numbers changed
     cohort_entries: dict = field(default_factory=dict)  # cohort_id -> entry or None, loaded
     dirty_cohorts: set = field(default_factory=set)
+    next_index: int = 0   # the number the next new segment gets
 
     @classmethod
     def empty(cls, events_dir):
@@ -185,6 +190,61 @@ def _unpack(blob):
         raise StateError(str(exc)) from None
 
 
+_OFFSET_BITS = 40   # a position: the segment's index above the byte offset of the event's line
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+
+
+def packer(state):
+    """A function packing the keys of a generation's events ((ts, segment, offset), as scan_lines
+    makes them) into their positions for events_at: 8 bytes an event, not its folded values."""
+    index = {rel: seg.index << _OFFSET_BITS for rel, seg in state.segments.items()}
+
+    def pack(keys) -> bytes:
+        return array("q", [index[key[1]] | key[2] for key in keys]).tobytes()
+    return pack
+
+
+def events_at(state, packed) -> dict:
+    """gen_id -> [(key, event)] read back from the log for ``packed``: gen_id -> packer()'s bytes.
+    StateError when a position does not hold an event of that generation (the log changed)."""
+    events_dir, rels = Path(state.events_dir), {seg.index: rel for rel, seg in state.segments.items()}
+    wanted = {}   # segment index -> [(offset, gen_id)]
+    for gen_id, data in packed.items():
+        for position in array("q", data):
+            wanted.setdefault(position >> _OFFSET_BITS, []).append((position & _OFFSET_MASK, gen_id))
+    found = {gen_id: [] for gen_id in packed}
+    for index, at in wanted.items():
+        rel = rels.get(index)
+        if rel is None:
+            raise StateError(f"no segment {index}")
+        end = state.segments[rel].size
+        with open(events_dir / rel, "rb") as fh:
+            for offset, gen_id in sorted(at):
+                line = _line_at(fh.fileno(), offset, end)
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    event = None
+                if type(event) is not dict or event.get("gen_id") != gen_id or type(event.get("ts")) is not str:
+                    raise StateError(f"{rel} at byte {offset} no longer holds an event of {gen_id}")
+                found[gen_id].append(((event["ts"], rel, offset), event))
+    return found
+
+
+def _line_at(fd, offset, end) -> bytes:
+    """The line starting at byte ``offset``, up to its newline or ``end``."""
+    data = b""
+    while offset + len(data) < end:
+        chunk = os.pread(fd, min(max(4096, len(data)), end - offset - len(data)), offset + len(data))
+        if not chunk:
+            break
+        newline = chunk.find(b"\n")
+        if newline >= 0:
+            return data + chunk[:newline]
+        data += chunk
+    return data
+
+
 def _meta_rows(state) -> list:
     return [(k, _pack(v)) for k, v in (
         ("version", VERSION), ("events_dir", state.events_dir), ("mask", state.mask),
@@ -207,8 +267,9 @@ def open_state(tables_dir, events_dir):
         if meta.get("version") != VERSION or meta.get("events_dir") != str(Path(events_dir).resolve()):
             db.close()
             return None
+        segments = {rel: Segment(*seg) for rel, seg in meta["segments"].items()}
         return FoldState(events_dir=meta["events_dir"], meta=meta["replay"], db=db, mask=meta["mask"],
-                         segments={rel: Segment(*seg) for rel, seg in meta["segments"].items()})
+                         segments=segments, next_index=max((seg.index + 1 for seg in segments.values()), default=0))
     except (sqlite3.Error, StateError, KeyError, TypeError) as exc:
         if db is not None:
             db.close()
@@ -437,6 +498,7 @@ def read_all(state, fold, stats, skip_bad) -> None:
             os.close(read_end)
             part, part_stats, seen = type(fold)(), ReadStats(), set()
             part_state = FoldState.empty(events_dir)
+            part_state.next_index = split   # the numbers these segments get in a one-process read
             _read(part_state, part, part_stats, skip_bad, later, seen, False)
             data = marshal.dumps((part.export(), astuple(part_stats), list(seen),
                                   {rel: astuple(seg) for rel, seg in part_state.segments.items()}))
@@ -475,13 +537,17 @@ def read_all(state, fold, stats, skip_bad) -> None:
     for etype, n in unknown_types.items():
         stats.unknown_types[etype] = stats.unknown_types.get(etype, 0) + n
     state.segments.update((rel, Segment(*seg)) for rel, seg in part_segments.items())
+    state.next_index += len(part_segments)
 
 
 def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
     """read_new over ``segments`` ((path, relative path) pairs); ``seen``: the event_ids met so far."""
     duplicates = stats.duplicates
     for path, rel in segments:
-        seg = state.segments.get(rel) or Segment()
+        seg = state.segments.get(rel)
+        if seg is None:
+            seg = Segment(index=state.next_index)
+            state.next_index += 1
         with open(path, "rb") as fh:
             # compared on every pass, also when size and mtime are unchanged (mtime has coarse ticks)
             if seg.size and (os.pread(fh.fileno(), len(seg.head), 0) != seg.head
@@ -497,7 +563,7 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
         if seg.open_line and lines[0]:
             return False  # text after a complete last line: the line is no longer what was folded
         torn_before = len(stats.torn)
-        sink.add(scan_lines(path, rel, lines, seg.newlines + 1, seen, stats, skip_bad))
+        sink.add(scan_lines(path, rel, lines, seg.newlines + 1, seg.size, seen, stats, skip_bad))
         if incremental and stats.duplicates != duplicates:
             log.info("an event appears twice in the log; replaying the whole log")
             return False
@@ -507,5 +573,5 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
         state.segments[rel] = Segment(
             size=seg.size + used, newlines=seg.newlines + folded.count(b"\n"),
             open_line=bool(folded) and not folded.endswith(b"\n") or (seg.open_line and not folded),
-            head=(seg.head + folded)[:_EDGE], tail=(seg.tail + folded)[-_EDGE:])
+            head=(seg.head + folded)[:_EDGE], tail=(seg.tail + folded)[-_EDGE:], index=seg.index)
     return True

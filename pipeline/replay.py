@@ -81,7 +81,7 @@ class ReplayStats:
 class _Gen:
     """Latest known state of one generation while folding."""
     __slots__ = ("stage", "status_key", "status", "lineage", "done_key", "done", "reused_ts",
-                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "ids",
+                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "keys",
                  "call_keys")
 
     def __init__(self, stage):
@@ -90,7 +90,7 @@ class _Gen:
         self.status = self.lineage = self.done = self.reused_ts = self.parse = self.error = None
         self.cohorts = set()
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
-        self.ids = []   # event_ids folded: an incremental replay meeting one again replays in full
+        self.keys = []   # of the events folded: where the saved state finds them (pipeline.fold_state)
         self.call_keys = []   # (ts, event_id) of its llm_calls rows: orders calls at one ts
 
 
@@ -102,7 +102,7 @@ def _gen_from(values):
     Fold.merge makes one per generation of the other fold, and a setattr loop cost 6x as much."""
     g = _Gen.__new__(_Gen)
     (g.stage, g.status_key, g.status, g.lineage, g.done_key, g.done, g.reused_ts, g.parse_key, g.parse,
-     g.error, g.cohorts, g.origin_key, g.origin, g.ids, g.call_keys) = values
+     g.error, g.cohorts, g.origin_key, g.origin, g.keys, g.call_keys) = values
     return g
 
 
@@ -138,7 +138,7 @@ class Fold:
             g = gens.get(gen_id)
             if g is None:
                 g = gens[gen_id] = _Gen(get("stage"))
-            g.ids.append(ev["event_id"])
+            g.keys.append(key)
             cohort_id = get("cohort_id")
             if cohort_id:
                 g.cohorts.add(cohort_id)
@@ -212,7 +212,7 @@ class Fold:
             if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
                 g.origin_key, g.origin = o.origin_key, o.origin
             g.cohorts |= o.cohorts
-            g.ids += o.ids
+            g.keys += o.keys
             g.call_keys += o.call_keys
         for cohort_id, (key, ev) in cohorts.items():
             current = self.cohorts.get(cohort_id)
@@ -518,7 +518,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     # The state and llm_calls.csv are written by a forked child (the second core) while this
     # process writes the other tables, and the state is put in place after them all: a state
     # never covers events the tables do not show.
-    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage),
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage, state),
                                    [(tables_dir / "llm_calls.csv", lambda: _calls_csv(fold))])
     try:
         tables = _tables(gens, members, lineage)
@@ -535,11 +535,11 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     return stats
 
 
-def _state_parts(fold, listings, lineage) -> tuple:
+def _state_parts(fold, listings, lineage, state) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
     records are (gen_id, record) pairs, read back by saved_record()."""
     def records():
-        get = listings.get
+        get, pack = listings.get, fold_state.packer(state)
         for gen_id, g in fold.gens.items():
             listing = get(gen_id)
             if listing is not None and len(listing) == 1:
@@ -549,7 +549,7 @@ def _state_parts(fold, listings, lineage) -> tuple:
                 own = g.lineage
                 if lin == own and type(lin[-1]) is type(own[-1]):   # replicate: 1 == 1.0 == True
                     listing = (cohort_id, key)
-            yield gen_id, (_VALUES(g), listing)
+            yield gen_id, (pack(g.keys), listing)
         for gen_id in listings.keys() - fold.gens.keys():
             yield gen_id, (None, listings[gen_id])
 
@@ -566,12 +566,17 @@ def _state_parts(fold, listings, lineage) -> tuple:
 _LINEAGE_AT = _Gen.__slots__.index("lineage")
 
 
-def saved_record(record):
-    """A record as _state_parts saved it, with its listing a dict again."""
-    if record is None or type(record[1]) is not tuple:
-        return record
-    values, (cohort_id, key) = record
-    return values, {cohort_id: (key, values[_LINEAGE_AT])}
+def saved_record(record, gen):
+    """(values, listing) from a record as _state_parts saved it - (the positions of its events,
+    listing) - and ``gen``, the _Gen folded from those events (None: it has none): the values are
+    gen's, the listing a dict again."""
+    if record is None:
+        return None
+    values, listing = (None if gen is None else _VALUES(gen)), record[1]
+    if type(listing) is tuple:
+        cohort_id, key = listing
+        listing = {cohort_id: (key, values[_LINEAGE_AT])}
+    return values, listing
 
 
 def _meta(stats, tables) -> dict:

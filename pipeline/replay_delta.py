@@ -33,7 +33,7 @@ from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _gen_from, _S
 
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
 log = logging.getLogger(__name__)
-_IDS_AT = _Gen.__slots__.index("ids")
+_KEYS_AT = _Gen.__slots__.index("keys")
 _CALL_KEYS_AT = _Gen.__slots__.index("call_keys")
 # a record's values, read-only, as the row functions read a _Gen
 _Frozen = namedtuple("_Frozen", _Gen.__slots__)
@@ -99,15 +99,22 @@ class _View:
 class _Update:
     def __init__(self, state, tables_dir, stats):
         self.state, self.tables_dir, self.stats = state, tables_dir, stats
-        self.old = {}   # gen_id -> record before the new events (None: none)
-        self.new = {}   # gen_id -> record after them, for the generations they touch
+        self.old = {}   # gen_id -> (values, listing) before the new events (None: none)
+        self.old_ids = {}   # gen_id -> the event_ids folded into its old values
+        self.new = {}   # gen_id -> (values, listing) after them, for the generations they touch
 
     def load(self, gen_ids) -> None:
+        """Fold the saved generations ``gen_ids`` again from their events, read back from the log."""
         missing = set(gen_ids) - self.old.keys()
         if missing:
             found = self.state.records(missing)
+            events = fold_state.events_at(self.state, {g: r[0] for g, r in found.items() if r[0] is not None})
+            fold = Fold()
+            for gen_id, pairs in events.items():
+                fold.add(pairs)
+                self.old_ids[gen_id] = {ev["event_id"] for _, ev in pairs}
             for gen_id in missing:
-                self.old[gen_id] = saved_record(found.get(gen_id))
+                self.old[gen_id] = saved_record(found.get(gen_id), fold.gens.get(gen_id))
 
     def record(self, gen_id, new=True):
         if new and gen_id in self.new:
@@ -171,8 +178,10 @@ class _Update:
             meta["version"] = uuid.uuid4().hex
         meta["rows"] = rows
         meta["files"] = table_files(self.tables_dir)
+        pack = fold_state.packer(state)
         for gen_id, record in self.new.items():
-            state.set_record(gen_id, record)
+            values, listing = record or (None, None)
+            state.set_record(gen_id, record and (values and pack(values[_KEYS_AT]), listing))
         state.meta = meta
         state.commit()
         stats.rows = {name: rows[name] for name in TABLES}
@@ -206,15 +215,14 @@ class _Update:
         cohort_ids = {ev.get("cohort_id") for _, ev in pairs if ev["type"] == "cohort_built"}
         self.load(gen_ids)
         old_cohorts = state.cohorts(cohort_ids)
-        folded = {event_id for gen_id in gen_ids if self.old[gen_id] and self.old[gen_id][0]
-                  for event_id in self.old[gen_id][0][_IDS_AT]}
+        folded = set().union(*(self.old_ids.get(gen_id, ()) for gen_id in gen_ids))
         folded.update(event_id for entry in old_cohorts.values() for event_id in entry[2])
         if any(ev["event_id"] in folded for _, ev in pairs):
             raise _GiveUp("an event already folded appears again")
         fold = Fold()
         fold.gens = {g: _gen_from(r[0]) for g in gen_ids if (r := self.old[g]) is not None and r[0] is not None}
         for g in fold.gens.values():   # Fold.add changes these in place; the old records must stay
-            g.cohorts, g.ids, g.call_keys = set(g.cohorts), list(g.ids), list(g.call_keys)
+            g.cohorts, g.keys, g.call_keys = set(g.cohorts), list(g.keys), list(g.call_keys)
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls
