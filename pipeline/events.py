@@ -404,7 +404,7 @@ def iter_segments(events_dir) -> list:
 def scan_events(events_dir, skip_bad=False, stats=None):
     """Yield ``((ts, segment, offset), event)`` for each distinct event, in file order; segment
     is the file's path relative to ``events_dir`` (so keys stay put when new segments appear) and
-    offset where the event's line starts in it (pipeline.fold_state reads it back from there).
+    offset the byte where the event's line starts in it.
 
     The key orders events globally; pipeline.replay folds this stream without sorting it.
     Fills ``stats`` (a ReadStats) as it goes."""
@@ -421,11 +421,12 @@ def scan_events(events_dir, skip_bad=False, stats=None):
 _scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in, without its wrapping
 
 
-def scan_lines(path, segment, lines, first_line, first_offset, seen, stats, skip_bad):
-    """Check and yield the events of ``lines`` (a segment's text split at newlines, its first
-    element being line ``first_line``, starting at byte ``first_offset``); ``seen`` holds the
-    event_ids met so far (duplicates are counted and dropped). An unparsable last line is a torn
-    write: skipped with a warning."""
+def scan_lines(path, segment, lines, first_line, first_position, seen, stats, skip_bad):
+    """Check and yield ``((ts, segment, position), event)`` for the events of ``lines`` (a
+    segment's text split at newlines, its first element being line ``first_line`` and starting at
+    ``first_position``, a byte offset plus whatever the caller adds to tell segments apart:
+    pipeline.fold_state.packed); ``seen`` holds the event_ids met so far (duplicates are counted
+    and dropped). An unparsable last line is a torn write: skipped with a warning."""
     last = len(lines)
     while last and not lines[last - 1]:
         last -= 1
@@ -433,10 +434,10 @@ def scan_lines(path, segment, lines, first_line, first_offset, seen, stats, skip
     last_no = last + first_line - 1
     scan, valid, add = _scan_once, _VALID, seen.add
     kept = duplicates = 0
-    at = first_offset
+    at = first_position
     try:
         for line_no, line in enumerate(lines, first_line):
-            offset = at
+            position = at
             # str.isascii is O(1); bytes (a line that is not UTF-8) are measured as they are
             at += (len(line) if line.isascii() or type(line) is bytes else len(line.encode("utf-8"))) + 1
             if not line:
@@ -461,7 +462,7 @@ def scan_lines(path, segment, lines, first_line, first_offset, seen, stats, skip
             kept += 1
             if not fast and event["type"] not in valid:  # kept and counted, never folded
                 stats.unknown_types[event["type"]] = stats.unknown_types.get(event["type"], 0) + 1
-            yield (event["ts"], segment, offset), event
+            yield (event["ts"], segment, position), event
     finally:
         stats.events += kept
         stats.duplicates += duplicates

@@ -15,7 +15,7 @@ which an incremental pass cannot know; pipeline.replay checks the new ids agains
 touched generation has folded).
 
 The state is an SQLite file (stdlib, one transaction per replay): what pipeline.replay keeps per
-generation - where its events are in the log (packer(), read back by events_at()) and the
+generation - where its events are in the log (packed(), read back by events_at()) and the
 cohorts listing it - is marshalled in shards of about GENS_PER_SHARD generations by a hash of the
 gen_id, each with a checksum, so looking up a few generations reads a few shards. A damaged,
 foreign or older state means a full replay, never an error.
@@ -75,7 +75,7 @@ class Segment:
     open_line: bool = False  # folded bytes end inside a line (a complete event without its newline)
     head: bytes = b""      # the first and last _EDGE folded bytes: a rewritten segment shows there
     tail: bytes = b""
-    index: int = 0         # the segment's number in packer()'s positions
+    index: int = 0         # the segment's number, in the positions of its events (packed())
 
 
 @dataclass
@@ -190,22 +190,19 @@ def _unpack(blob):
         raise StateError(str(exc)) from None
 
 
-_OFFSET_BITS = 40   # a position: the segment's index above the byte offset of the event's line
+_OFFSET_BITS = 40   # an event's position: its segment's index above the byte offset of its line
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 
 
-def packer(state):
-    """A function packing the keys of a generation's events ((ts, segment, offset), as scan_lines
-    makes them) into their positions for events_at: 8 bytes an event, not its folded values."""
-    index = {rel: seg.index << _OFFSET_BITS for rel, seg in state.segments.items()}
-
-    def pack(keys) -> bytes:
-        return array("q", [index[key[1]] | key[2] for key in keys]).tobytes()
-    return pack
+def packed(positions) -> bytes:
+    """A generation's saved record of where its events are: the positions in their keys (scan_lines
+    gives each line the segment's index above its byte offset), 8 bytes an event; events_at reads
+    them back."""
+    return array("q", positions).tobytes()
 
 
 def events_at(state, packed) -> dict:
-    """gen_id -> [(key, event)] read back from the log for ``packed``: gen_id -> packer()'s bytes.
+    """gen_id -> [(key, event)] read back from the log for ``packed``: gen_id -> packed(positions).
     StateError when a position does not hold an event of that generation (the log changed)."""
     events_dir, rels = Path(state.events_dir), {seg.index: rel for rel, seg in state.segments.items()}
     wanted = {}   # segment index -> [(offset, gen_id)]
@@ -227,7 +224,7 @@ def events_at(state, packed) -> dict:
                     event = None
                 if type(event) is not dict or event.get("gen_id") != gen_id or type(event.get("ts")) is not str:
                     raise StateError(f"{rel} at byte {offset} no longer holds an event of {gen_id}")
-                found[gen_id].append(((event["ts"], rel, offset), event))
+                found[gen_id].append(((event["ts"], rel, index << _OFFSET_BITS | offset), event))
     return found
 
 
@@ -563,7 +560,8 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
         if seg.open_line and lines[0]:
             return False  # text after a complete last line: the line is no longer what was folded
         torn_before = len(stats.torn)
-        sink.add(scan_lines(path, rel, lines, seg.newlines + 1, seg.size, seen, stats, skip_bad))
+        sink.add(scan_lines(path, rel, lines, seg.newlines + 1, seg.index << _OFFSET_BITS | seg.size, seen,
+                            stats, skip_bad))
         if incremental and stats.duplicates != duplicates:
             log.info("an event appears twice in the log; replaying the whole log")
             return False

@@ -90,7 +90,7 @@ class _Gen:
         self.status = self.lineage = self.done = self.reused_ts = self.parse = self.error = None
         self.cohorts = set()
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
-        self.keys = []   # of the events folded: where the saved state finds them (pipeline.fold_state)
+        self.keys = []   # positions of the events folded (their keys' last part): pipeline.fold_state
         self.call_keys = []   # (ts, event_id) of its llm_calls rows: orders calls at one ts
 
 
@@ -138,7 +138,7 @@ class Fold:
             g = gens.get(gen_id)
             if g is None:
                 g = gens[gen_id] = _Gen(get("stage"))
-            g.keys.append(key)
+            g.keys.append(key[2])
             cohort_id = get("cohort_id")
             if cohort_id:
                 g.cohorts.add(cohort_id)
@@ -518,7 +518,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     # The state and llm_calls.csv are written by a forked child (the second core) while this
     # process writes the other tables, and the state is put in place after them all: a state
     # never covers events the tables do not show.
-    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage, state),
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage),
                                    [(tables_dir / "llm_calls.csv", lambda: _calls_csv(fold))])
     try:
         tables = _tables(gens, members, lineage)
@@ -531,15 +531,17 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     except BaseException:
         saving.abort()
         raise
+    # freed now, while the child may still be writing, rather than after: this core is idle then
+    del fold, listings, gens, members, lineage, tables
     saving.finish(state, lambda: {**meta, "files": table_files(tables_dir)})
     return stats
 
 
-def _state_parts(fold, listings, lineage, state) -> tuple:
+def _state_parts(fold, listings, lineage) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
     records are (gen_id, record) pairs, read back by saved_record()."""
     def records():
-        get, pack = listings.get, fold_state.packer(state)
+        get, pack = listings.get, fold_state.packed
         for gen_id, g in fold.gens.items():
             listing = get(gen_id)
             if listing is not None and len(listing) == 1:

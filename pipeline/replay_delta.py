@@ -178,10 +178,11 @@ class _Update:
             meta["version"] = uuid.uuid4().hex
         meta["rows"] = rows
         meta["files"] = table_files(self.tables_dir)
-        pack = fold_state.packer(state)
         for gen_id, record in self.new.items():
-            values, listing = record or (None, None)
-            state.set_record(gen_id, record and (values and pack(values[_KEYS_AT]), listing))
+            if record is not None:
+                values, listing = record
+                record = (None if values is None else fold_state.packed(values[_KEYS_AT]), listing)
+            state.set_record(gen_id, record)
         state.meta = meta
         state.commit()
         stats.rows = {name: rows[name] for name in TABLES}
