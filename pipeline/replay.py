@@ -81,8 +81,7 @@ class ReplayStats:
 class _Gen:
     """Latest known state of one generation while folding."""
     __slots__ = ("stage", "status_key", "status", "lineage", "done_key", "done", "reused_ts",
-                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "keys",
-                 "call_keys")
+                 "parse_key", "parse", "error", "cohorts", "origin_key", "origin", "keys")
 
     def __init__(self, stage):
         self.stage = stage
@@ -91,7 +90,6 @@ class _Gen:
         self.cohorts = set()
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
         self.keys = []   # positions of the events folded (their keys' last part): pipeline.fold_state
-        self.call_keys = []   # (ts, event_id) of its llm_calls rows: orders calls at one ts
 
 
 _VALUES = attrgetter(*_Gen.__slots__)
@@ -102,7 +100,7 @@ def _gen_from(values):
     Fold.merge makes one per generation of the other fold, and a setattr loop cost 6x as much."""
     g = _Gen.__new__(_Gen)
     (g.stage, g.status_key, g.status, g.lineage, g.done_key, g.done, g.reused_ts, g.parse_key, g.parse,
-     g.error, g.cohorts, g.origin_key, g.origin, g.keys, g.call_keys) = values
+     g.error, g.cohorts, g.origin_key, g.origin, g.keys) = values
     return g
 
 
@@ -161,7 +159,6 @@ class Fold:
                     if g.origin_key is None or key < g.origin_key:
                         g.origin_key, g.origin = key, cohort_id
                     if not get("copy") and get("source", "run") == "run":
-                        g.call_keys.append((ev["ts"], ev["event_id"]))
                         calls.append((ev["ts"], ev["event_id"], (
                             ev["ts"], get("stage"), gen_id, get("llm_model_id"),
                             get("attempts"), "ok", None, None, None, get("prompt_tokens"),
@@ -175,7 +172,6 @@ class Fold:
                     g.parse = ((get("score"), get("scale"), get("parser"))
                                if etype == "score_parsed" else None)
             elif etype == "llm_call_failed":
-                g.call_keys.append((ev["ts"], ev["event_id"]))
                 calls.append((ev["ts"], ev["event_id"], (
                     ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
                     "failed", get("status"), get("error_class"), _bool(get("will_retry")),
@@ -213,7 +209,6 @@ class Fold:
                 g.origin_key, g.origin = o.origin_key, o.origin
             g.cohorts |= o.cohorts
             g.keys += o.keys
-            g.call_keys += o.call_keys
         for cohort_id, (key, ev) in cohorts.items():
             current = self.cohorts.get(cohort_id)
             if current is None or key > current[0]:

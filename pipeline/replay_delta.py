@@ -34,7 +34,6 @@ from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _gen_from, _S
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
 log = logging.getLogger(__name__)
 _KEYS_AT = _Gen.__slots__.index("keys")
-_CALL_KEYS_AT = _Gen.__slots__.index("call_keys")
 # a record's values, read-only, as the row functions read a _Gen
 _Frozen = namedtuple("_Frozen", _Gen.__slots__)
 _PENDING = _Frozen._make(_VALUES(_Gen(None)))   # listed by a cohort, no events
@@ -101,6 +100,7 @@ class _Update:
         self.state, self.tables_dir, self.stats = state, tables_dir, stats
         self.old = {}   # gen_id -> (values, listing) before the new events (None: none)
         self.old_ids = {}   # gen_id -> the event_ids folded into its old values
+        self.old_calls = {}   # gen_id -> (ts, event_id) of its llm_calls rows before the new events
         self.new = {}   # gen_id -> (values, listing) after them, for the generations they touch
 
     def load(self, gen_ids) -> None:
@@ -113,6 +113,8 @@ class _Update:
             for gen_id, pairs in events.items():
                 fold.add(pairs)
                 self.old_ids[gen_id] = {ev["event_id"] for _, ev in pairs}
+            for ts, event_id, row in fold.calls:
+                self.old_calls.setdefault(row[2], []).append((ts, event_id))
             for gen_id in missing:
                 self.old[gen_id] = saved_record(found.get(gen_id), fold.gens.get(gen_id))
 
@@ -200,8 +202,8 @@ class _Update:
             rows = list(csv.reader(io.StringIO(text.decode("utf-8"), newline="")))
             gen_ids = {row[2] for row in rows}
             self.load(gen_ids)
-            event_ids = sorted(event_id for gen_id in gen_ids if (r := self.old[gen_id]) and r[0]
-                               for at, event_id in r[0][_CALL_KEYS_AT] if at == ts)
+            event_ids = sorted(event_id for gen_id in gen_ids for at, event_id in self.old_calls.get(gen_id, ())
+                               if at == ts)
             if len(event_ids) != len(rows):
                 raise _GiveUp(f"calls at {ts} that the records do not account for")
             by_ts[ts] += zip(event_ids, (_csv_bytes([row]) for row in rows))
@@ -223,7 +225,7 @@ class _Update:
         fold = Fold()
         fold.gens = {g: _gen_from(r[0]) for g in gen_ids if (r := self.old[g]) is not None and r[0] is not None}
         for g in fold.gens.values():   # Fold.add changes these in place; the old records must stay
-            g.cohorts, g.keys, g.call_keys = set(g.cohorts), list(g.keys), list(g.call_keys)
+            g.cohorts, g.keys = set(g.cohorts), list(g.keys)
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls

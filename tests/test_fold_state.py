@@ -104,6 +104,43 @@ def test_a_changed_or_duplicated_segment_means_a_full_replay(tmp_path):
     assert tables == full_replay(tmp_path, events, "full3")
 
 
+def test_the_state_finds_old_events_by_byte_position_past_non_ascii_text(tmp_path):
+    """The state keeps where each generation's events are, not their folded values; an
+    incremental replay reads them back, so positions must count bytes, not characters."""
+    events, data = tmp_path / "events", tmp_path / "data"
+    lineage = dict(stage="draft", gen_id="d_1", combo_id="c", template_id="t", llm_model_id="m", replicate=1)
+    log = EventLog(events)
+    log.emit("generation_failed", cohort_id="k", **dict(lineage, gen_id="d_0"), error_class="E",
+             error="réponse tronquée — ünïcode " * 20)
+    log.emit("generation_started", cohort_id="k", **lineage)
+    log.close()
+    replay(events, data / "tables")
+    assert (data / "tables" / STATE_FILE).stat().st_size < 64 << 10
+
+    log = EventLog(events)   # a later run completes d_1: its started event is read back
+    log.emit("generation_completed", cohort_id="k", **lineage, finish_reason="stop", cost=0.5, source="run")
+    log.close()
+    stats, tables = incremental(data, events)
+    assert stats.incremental and tables == full_replay(tmp_path, events, "full")
+    assert "d_1,draft,,c,t,m,1,done,stop" in tables["tables/generation_results.csv"].decode()
+
+
+def test_an_old_event_rewritten_in_the_middle_of_a_segment_means_a_full_replay(tmp_path):
+    events, data = tmp_path / "events", tmp_path / "data"
+    generate(events, 600, writers=1, seed=1)
+    replay(events, data / "tables")
+    segment, = (events / "2025-01-01").glob("*.jsonl")
+    text = segment.read_text()
+    # same length, same first and last bytes: only reading the generation's events back shows it
+    segment.write_text(text.replace('"gen_id":"d_000000000001"', '"gen_id":"d_00000000000x"'))
+    log = EventLog(events)
+    log.emit("score_parsed", cohort_id="late", stage="draft", gen_id="d_000000000001", score=1.0)
+    log.close()
+    stats, tables = incremental(data, events)
+    assert not stats.incremental
+    assert tables == full_replay(tmp_path, events, "full")
+
+
 def test_an_incremental_replay_names_the_rows_it_changed_and_the_versions(tmp_path):
     events = tmp_path / "events"
     data = tmp_path / "data"
