@@ -425,7 +425,7 @@ def scan_lines(path, segment, lines, first_line, first_position, seen, stats, sk
     """Check and yield ``((ts, segment, position), event)`` for the events of ``lines`` (a
     segment's text split at newlines, its first element being line ``first_line`` and starting at
     ``first_position``, a byte offset plus whatever the caller adds to tell segments apart:
-    pipeline.fold_state.packed); ``seen`` holds the event_ids met so far (duplicates are counted
+    pipeline.fold_state.events_at); ``seen`` holds the event_ids met so far (duplicates are counted
     and dropped). An unparsable last line is a torn write: skipped with a warning."""
     last = len(lines)
     while last and not lines[last - 1]:

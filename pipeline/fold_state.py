@@ -15,7 +15,7 @@ which an incremental pass cannot know; pipeline.replay checks the new ids agains
 touched generation has folded).
 
 The state is an SQLite file (stdlib, one transaction per replay): what pipeline.replay keeps per
-generation - where its events are in the log (packed(), read back by events_at()) and the
+generation - where its events are in the log (read back by events_at()) and the
 cohorts listing it - is marshalled in shards of about GENS_PER_SHARD generations by a hash of the
 gen_id, each with a checksum, so looking up a few generations reads a few shards. A damaged,
 foreign or older state means a full replay, never an error.
@@ -35,7 +35,6 @@ import shutil
 import signal
 import sqlite3
 import zlib
-from array import array
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
@@ -75,7 +74,7 @@ class Segment:
     open_line: bool = False  # folded bytes end inside a line (a complete event without its newline)
     head: bytes = b""      # the first and last _EDGE folded bytes: a rewritten segment shows there
     tail: bytes = b""
-    index: int = 0         # the segment's number, in the positions of its events (packed())
+    index: int = 0         # the segment's number, in the positions of its events (events_at)
 
 
 @dataclass
@@ -194,22 +193,16 @@ _OFFSET_BITS = 40   # an event's position: its segment's index above the byte of
 _OFFSET_MASK = (1 << _OFFSET_BITS) - 1
 
 
-def packed(positions) -> bytes:
-    """A generation's saved record of where its events are: the positions in their keys (scan_lines
-    gives each line the segment's index above its byte offset), 8 bytes an event; events_at reads
-    them back."""
-    return array("q", positions).tobytes()
-
-
-def events_at(state, packed) -> dict:
-    """gen_id -> [(key, event)] read back from the log for ``packed``: gen_id -> packed(positions).
+def events_at(state, positions) -> dict:
+    """gen_id -> [(key, event)] read back from the log for ``positions``: gen_id -> the positions of
+    its events (in their keys, from scan_lines: the segment's index above the line's byte offset).
     StateError when a position does not hold an event of that generation (the log changed)."""
     events_dir, rels = Path(state.events_dir), {seg.index: rel for rel, seg in state.segments.items()}
     wanted = {}   # segment index -> [(offset, gen_id)]
-    for gen_id, data in packed.items():
-        for position in array("q", data):
+    for gen_id, at in positions.items():
+        for position in at:
             wanted.setdefault(position >> _OFFSET_BITS, []).append((position & _OFFSET_MASK, gen_id))
-    found = {gen_id: [] for gen_id in packed}
+    found = {gen_id: [] for gen_id in positions}
     for index, at in wanted.items():
         rel = rels.get(index)
         if rel is None:

@@ -534,9 +534,10 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
 
 def _state_parts(fold, listings, lineage) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
-    records are (gen_id, record) pairs, read back by saved_record()."""
+    records are (gen_id, (positions of its events, listing)) pairs: an incremental replay reads
+    the events back (fold_state.events_at), folds them again and calls saved_record()."""
     def records():
-        get, pack = listings.get, fold_state.packed
+        get = listings.get
         for gen_id, g in fold.gens.items():
             listing = get(gen_id)
             if listing is not None and len(listing) == 1:
@@ -546,7 +547,7 @@ def _state_parts(fold, listings, lineage) -> tuple:
                 own = g.lineage
                 if lin == own and type(lin[-1]) is type(own[-1]):   # replicate: 1 == 1.0 == True
                     listing = (cohort_id, key)
-            yield gen_id, (pack(g.keys), listing)
+            yield gen_id, (g.keys, listing)
         for gen_id in listings.keys() - fold.gens.keys():
             yield gen_id, (None, listings[gen_id])
 

@@ -181,9 +181,9 @@ class _Update:
         meta["rows"] = rows
         meta["files"] = table_files(self.tables_dir)
         for gen_id, record in self.new.items():
-            if record is not None:
+            if record is not None:   # saved as the positions of its events, read back by events_at
                 values, listing = record
-                record = (None if values is None else fold_state.packed(values[_KEYS_AT]), listing)
+                record = (None if values is None else values[_KEYS_AT], listing)
             state.set_record(gen_id, record)
         state.meta = meta
         state.commit()
