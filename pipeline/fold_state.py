@@ -32,7 +32,6 @@ import marshal
 import os
 import resource
 import shutil
-import signal
 import sqlite3
 import zlib
 from dataclasses import astuple, dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .events import ReadStats, _split_lines, iter_segments, scan_lines
+from .forked import ChildError, Job
 from .fsio import new_tmp, write_bytes_atomic, write_if_changed
 
 STATE_FILE = "_fold_state.sqlite"
@@ -287,35 +287,16 @@ def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
             write_if_changed(file, text(), fsync=False)
         _write_records(tmp, size - 1, *parts())
 
-    if n_records < PARALLEL_RECORDS or not spare_core():
-        try:
-            write()
-        except BaseException as exc:
-            os.unlink(tmp)
-            if isinstance(exc, sqlite3.Error):   # the message the forked writer's failure gets
-                raise save_error(path, f"{type(exc).__name__}: {exc}") from None
-            raise
-        return PendingState(path, tmp, size - 1, None, None)
+    pending = PendingState(path, tmp, size - 1, None)
     try:
-        read_end, write_end = os.pipe()
+        if n_records < PARALLEL_RECORDS or not spare_core():
+            pending.wait(write)
+        else:
+            pending.job = Job.start(write)
     except BaseException:
-        os.unlink(tmp)
+        pending.abort()
         raise
-    pid = os.fork()
-    if pid == 0:   # the child: never returns, never runs the parent's exit handlers
-        code = 1
-        try:
-            os.close(read_end)
-            write()
-            code = 0
-        except BaseException as exc:
-            # a StoreError (a table it could not write) says all; "!" has it raised as it is
-            message = f"!{exc}" if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-            os.write(write_end, message.encode("utf-8", "replace")[:4000])
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    return PendingState(path, tmp, size - 1, pid, read_end)
+    return pending
 
 
 def save_error(path, why) -> StoreError:
@@ -365,23 +346,32 @@ def _write_records(tmp, mask, records, children, cohorts) -> None:
 
 @dataclass
 class PendingState:
-    """A state being written by save_state's child process (pid None: already written here)."""
+    """A state being written by save_state's child process (job None: written here)."""
     path: Path
     tmp: str
     mask: int
-    pid: int
-    errors: int   # read end of a pipe: the child's error message, if it fails
+    job: Job
+
+    def wait(self, write=None) -> None:
+        """Wait for the child (or call ``write`` here); a StoreError when the state or a table
+        could not be written."""
+        try:
+            if write is not None:
+                write()
+            elif self.job is not None:
+                self.job.result()
+        except StoreError:   # a table that could not be written: it says all
+            raise
+        except (sqlite3.Error, ChildError) as exc:
+            raise save_error(self.path, f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self.job = None
 
     def finish(self, state, meta) -> None:
         """Wait for the child; set ``state.meta = meta()`` and add it and ``state``'s segments; put
         the state in place. Raises StoreError when the child failed."""
         try:
-            status = self._wait()
-            if status != 0:
-                message = os.read(self.errors, 4000).decode("utf-8", "replace") or f"exit status {status}"
-                if message.startswith("!"):
-                    raise StoreError(message[1:])
-                raise save_error(self.path, message)
+            self.wait()
             state.meta = meta()
             state.mask = self.mask
             db = sqlite3.connect(self.tmp, isolation_level=None)
@@ -397,34 +387,18 @@ class PendingState:
         except BaseException:
             self.abort()
             raise
-        if self.errors is not None:
-            os.close(self.errors)
         for name in _OLD_STATE_FILES:
             (self.path.parent / name).unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Stop the child if it still runs and drop its file (the saved state stays as it was)."""
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._wait()
-        if self.errors is not None:
-            os.close(self.errors)
-            self.errors = None
+        if self.job is not None:
+            self.job.abort()
+            self.job = None
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:
             pass
-
-    def _wait(self) -> int:
-        """The child's exit status, once it has ended (reaped: no zombie is left)."""
-        if self.pid is None:
-            return 0
-        _, status = os.waitpid(self.pid, 0)   # retried on EINTR (PEP 475)
-        self.pid = None
-        return os.waitstatus_to_exitcode(status)
 
 
 def read_checked(path):
@@ -480,39 +454,19 @@ def read_all(state, fold, stats, skip_bad) -> None:
         split -= 1
         after += sizes[split]
     later = segments[split:]
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:   # the child: never returns, never runs the parent's exit handlers
-        code = 1
-        try:
-            os.close(read_end)
-            part, part_stats, seen = type(fold)(), ReadStats(), set()
-            part_state = FoldState.empty(events_dir)
-            part_state.next_index = split   # the numbers these segments get in a one-process read
-            _read(part_state, part, part_stats, skip_bad, later, seen, False)
-            data = marshal.dumps((part.export(), astuple(part_stats), list(seen),
-                                  {rel: astuple(seg) for rel, seg in part_state.segments.items()}))
-            with os.fdopen(write_end, "wb") as out:
-                out.write(data)
-            code = 0
-        finally:   # a failure writes nothing: the parent reads the part itself and meets it too
-            os._exit(code)
-    os.close(write_end)
+    job = Job.start(_read_part, events_dir, type(fold), later, split, skip_bad)
     try:
         seen = set()
         _read(state, fold, stats, skip_bad, segments[:split], seen, False)
-        with os.fdopen(read_end, "rb") as pipe:
-            read_end = None
-            data = pipe.read()
-        _, status = os.waitpid(pid, 0)
-        pid = None
-    finally:
-        if pid is not None:   # this process failed or was interrupted: stop the child, reap it
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        if read_end is not None:
-            os.close(read_end)
-    part = marshal.loads(data) if status == 0 and data else None
+        part = job.result()
+    except Exception:   # the part's failure: this process reads it itself and meets it too
+        if job.pid is not None:   # this process's own read failed
+            job.abort()
+            raise
+        part = None
+    except BaseException:
+        job.abort()
+        raise
     if part is None or not seen.isdisjoint(part[2]):
         _read(state, fold, stats, skip_bad, later, seen, False)
         return
@@ -528,6 +482,14 @@ def read_all(state, fold, stats, skip_bad) -> None:
         stats.unknown_types[etype] = stats.unknown_types.get(etype, 0) + n
     state.segments.update((rel, Segment(*seg)) for rel, seg in part_segments.items())
     state.next_index += len(part_segments)
+
+
+def _read_part(events_dir, fold_type, segments, first_index, skip_bad) -> tuple:
+    """read_all's child: ``segments`` read into a new fold, exported with what read_all adds up."""
+    part, stats, seen, state = fold_type(), ReadStats(), set(), FoldState.empty(events_dir)
+    state.next_index = first_index   # the numbers these segments get in a one-process read
+    _read(state, part, stats, skip_bad, segments, seen, False)
+    return part.export(), astuple(stats), list(seen), {rel: astuple(seg) for rel, seg in state.segments.items()}
 
 
 def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:

@@ -19,14 +19,15 @@ import math
 import os
 import sqlite3
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from operator import attrgetter, itemgetter
 from pathlib import Path
 
 from . import fold_state
 from .errors import StoreError
-from .events import EVENT_TYPES, ReadStats
-from .fsio import write_if_changed
+from .events import EVENT_TYPES, ReadStats, iter_segments
+from .forked import Job
+from .fsio import remove_stale_tmp, write_if_changed
 
 LINEAGE = ("stage", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
 EVAL_LINEAGE = ("gen_id", "essay_gen_id", "draft_gen_id", "combo_id", "draft_template", "draft_llm",
@@ -503,6 +504,25 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
 
 
 def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
+    if sum(path.stat().st_size for path in iter_segments(events_dir)) < fold_state.PARALLEL_BYTES:
+        return _replay_full_here(events_dir, tables_dir, skip_bad)
+    # A big log is replayed by a forked process: it ends without freeing its heap object by object
+    # (a second or so per million events), and this process never holds that memory.
+    job = Job.start(_replay_full_answer, events_dir, tables_dir, skip_bad)
+    try:
+        read, rows, version = job.result()
+    except BaseException:
+        remove_stale_tmp(tables_dir)   # what a stopped replay was writing
+        raise
+    return ReplayStats(read=ReadStats(*read), rows=rows, tables_dir=tables_dir, version_after=version)
+
+
+def _replay_full_answer(events_dir, tables_dir, skip_bad) -> tuple:
+    stats = _replay_full_here(events_dir, tables_dir, skip_bad)
+    return astuple(stats.read), stats.rows, stats.version_after
+
+
+def _replay_full_here(events_dir, tables_dir, skip_bad) -> ReplayStats:
     stats = ReplayStats(read=ReadStats(), tables_dir=tables_dir, version_after=uuid.uuid4().hex)
     state = fold_state.FoldState.empty(events_dir)
     fold = Fold()
@@ -526,8 +546,6 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     except BaseException:
         saving.abort()
         raise
-    # freed now, while the child may still be writing, rather than after: this core is idle then
-    del fold, listings, gens, members, lineage, tables
     saving.finish(state, lambda: {**meta, "files": table_files(tables_dir)})
     return stats
 
