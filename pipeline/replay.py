@@ -9,7 +9,7 @@
 Events are folded in one pass with plain dicts; the fold is saved per generation
 (pipeline.fold_state) so the next replay folds only the events appended since and rewrites only
 the rows they change (pipeline.replay_delta). Every "latest" choice compares the event key
-(ts, segment, line), so the result is the same as folding the events in that order, and a
+(ts, segment, position in it), so the result is the same as folding the events in that order, and a
 duplicated segment (same event_ids) changes nothing.
 """
 import csv
@@ -56,7 +56,7 @@ _NUMERIC = {"generation_results": _MEASURES, "evaluation_results": _MEASURES,
 
 _STATUS = {"generation_started": "running", "generation_completed": "done",
            "generation_reused": "done", "generation_failed": "failed"}
-_NO_KEY = ("",)  # sorts before every real (ts, segment, line) key
+_NO_KEY = ("",)  # sorts before every real (ts, segment, position) key
 _NO_LINEAGE = (None,) * len(LINEAGE)
 
 
@@ -120,7 +120,7 @@ class Fold:
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
 
     def add(self, pairs) -> "Fold":
-        """Fold ``((ts, segment, line), event)`` pairs, in any order."""
+        """Fold ``((ts, segment, position), event)`` pairs (pipeline.events.scan_lines), in any order."""
         gens, cohorts, calls = self.gens, self.cohorts, self.calls
         for key, ev in pairs:
             get = ev.get
@@ -299,7 +299,7 @@ def _calls_csv(fold) -> str:
 
 
 def fold(pairs) -> dict:
-    """Fold ``((ts, segment, line), event)`` pairs, in any order, into
+    """Fold ``((ts, segment, position), event)`` pairs, in any order, into
     ``{table name: (columns, rows)}`` with rows as tuples in column order."""
     return Fold().add(pairs).tables()
 
