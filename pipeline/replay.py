@@ -6,9 +6,10 @@
 
     $ daydream replay [--data-root data] [--skip-bad] [--full]   # the command line (pipeline/cli.py)
 
-Events are folded in one pass with plain dicts; the fold is saved per generation
-(pipeline.fold_state) so the next replay folds only the events appended since and rewrites only
-the rows they change (pipeline.replay_delta). Every "latest" choice compares the event key
+Events are folded in one pass with plain dicts; where each generation's events are is saved
+(pipeline.fold_state), so the next replay folds only the events appended since, with the old events
+of the generations they touch read back, and rewrites only the rows they change
+(pipeline.replay_delta). Every "latest" choice compares the event key
 (ts, segment, position in it), so the result is the same as folding the events in that order, and a
 duplicated segment (same event_ids) changes nothing.
 """
