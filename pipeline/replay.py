@@ -58,6 +58,7 @@ _STATUS = {"generation_started": "running", "generation_completed": "done",
            "generation_reused": "done", "generation_failed": "failed"}
 _NO_KEY = ("",)  # sorts before every real (ts, segment, line) key
 _NO_LINEAGE = (None,) * len(LINEAGE)
+_NO_DONE = (None,) * 6   # _Gen.done's values but copy, for a generation not done
 
 
 @dataclass
@@ -231,38 +232,62 @@ class Fold:
 
 
 def _resolve(fold_gens, listings) -> tuple:
-    """(gens, members, lineage) for every generation with events or listed by a cohort."""
-    gens = dict(fold_gens)
-    for gen_id in listings.keys() - gens.keys():
-        gens[gen_id] = _Gen(None)
-    members = {gen_id: _member(listing) for gen_id, listing in listings.items()}
-    return gens, members, {gen_id: _lineage(g, members.get(gen_id)) for gen_id, g in gens.items()}
+    """(gens, members, lineage) for every generation with events or listed by a cohort; members
+    (gen_id -> _member) leaves out a generation whose listing tells nothing its events do not."""
+    gens, members = fold_gens, {}
+    for gen_id, listing in listings.items():
+        g = gens.get(gen_id)
+        if g is None:
+            if gens is fold_gens:   # the fold is left as it is: more events may be folded into it
+                gens = dict(fold_gens)
+            gens[gen_id] = _Gen(None)
+        elif len(listing) == 1:
+            # most generations: listed by a cohort their events name, with their events' lineage
+            (cohort_id, (_, lin)), = listing.items()
+            if lin == g.lineage and cohort_id in g.cohorts:
+                continue
+        members[gen_id] = _member(listing)
+    lineage = {}
+    for gen_id, g in gens.items():
+        lin = g.lineage
+        if lin is None or lin[0] is None or gen_id in members:
+            lin = _lineage(g, members.get(gen_id))
+        lineage[gen_id] = lin
+    return gens, members, lineage
 
 
 def _rows(gen_ids, gens, members, lineage) -> tuple:
     """(generation rows, evaluation rows, score rows) of ``gen_ids`` (sorted, each in ``gens``);
     ``gens`` and ``lineage`` must hold their parents and grandparents too."""
     generations, evaluations, scores = [], [], []
+    member_of = members.get
     for gen_id in gen_ids:
         g, lin = gens[gen_id], lineage[gen_id]
         status = g.status or "pending"
-        member = members.get(gen_id)
-        cohorts = g.cohorts if member is None else g.cohorts | member[1]
-        cohort_ids = ";".join(sorted(cohorts)) if len(cohorts) > 1 else "".join(cohorts)
+        cohorts = g.cohorts
+        member = member_of(gen_id)
+        if member is not None and not member[1] <= cohorts:
+            cohorts = cohorts | member[1]
+        if len(cohorts) == 1:
+            cohort_ids, = cohorts
+        else:
+            cohort_ids = ";".join(sorted(cohorts))
         error = g.error if status == "failed" else None
-        if lin[0] == "evaluation":
-            row = _eval_lineage(gen_id, lin, lineage)
-            parse = g.parse or (None, None, None)
-            essay = gens.get(row[1])
-            evaluations.append(row + (parse[0], status, error, cohort_ids, g.origin,
-                                      None if g.done is None else ("copy" if g.done[6] else "prompt"),
-                                      essay.origin if essay is not None else None))
-            if parse[0] is not None:
-                scores.append(row + parse)
-        elif lin[0] == "draft" or lin[0] == "essay":
-            done = g.done or (None,) * 6
-            generations.append((gen_id,) + lin + (status,) + done[:5]
-                               + (done[5] or g.reused_ts, cohort_ids, error))
+        stage = lin[0]
+        # each row built as one tuple: adding tuples up made each row several times over
+        if stage == "evaluation":
+            lin = _eval_lineage(gen_id, lin, lineage)
+            parse, done, essay = g.parse, g.done, gens.get(lin[1])
+            score = None if parse is None else parse[0]
+            evaluations.append(lin + (score, status, error, cohort_ids, g.origin,
+                                      None if done is None else ("copy" if done[6] else "prompt"),
+                                      None if essay is None else essay.origin))
+            if score is not None:
+                scores.append(lin + parse)
+        elif stage == "draft" or stage == "essay":
+            done = g.done or _NO_DONE
+            generations.append((gen_id, stage, lin[1], lin[2], lin[3], lin[4], lin[5], status, done[0], done[1],
+                                done[2], done[3], done[4], done[5] or g.reused_ts, cohort_ids, error))
     return generations, evaluations, scores
 
 
@@ -380,24 +405,25 @@ def _mean(values):
 
 def _generation_pivot(scores) -> tuple:
     cells = _pivot_cells(scores)
-    columns = sorted({column for _, column in cells})
+    columns = sorted(set().union(*[by_column for by_column, _ in cells.values()]))
     return PIVOT_INDEX + tuple(columns) + ("mean", "n"), _pivot_rows(cells, columns)
 
 
 def _pivot_cells(scores) -> dict:
-    """(pivot index, evaluation column) -> scores."""
+    """pivot index -> ({evaluation column: scores}, its scores)."""
     cells = {}
     pick = itemgetter(*_PIVOT_AT)
     for s in scores:
         index = pick(s)
         if None in index:  # None cannot be sorted with text
             index = tuple(v or "" for v in index)
-        key = (index, _pivot_column(s))
-        values = cells.get(key)
-        if values is None:
-            cells[key] = [float(s[_SCORE_AT])]
+        score = float(s[_SCORE_AT])
+        cell = cells.get(index)
+        if cell is None:
+            cells[index] = ({_pivot_column(s): [score]}, [score])
         else:
-            values.append(float(s[_SCORE_AT]))
+            cell[0].setdefault(_pivot_column(s), []).append(score)
+            cell[1].append(score)
     return cells
 
 
@@ -406,17 +432,11 @@ def _pivot_column(score_row) -> str:
 
 
 def _pivot_rows(cells, columns) -> list:
-    at = {column: i for i, column in enumerate(columns)}
-    rows, index, row, every = [], None, None, None
-    for (key_index, column), values in sorted(cells.items()):
-        if key_index != index:
-            if index is not None:
-                rows.append(index + tuple(row) + (_mean(every), len(every)))
-            index, row, every = key_index, [None] * len(columns), []
-        row[at[column]] = _mean(values)
-        every += values
-    if index is not None:
-        rows.append(index + tuple(row) + (_mean(every), len(every)))
+    rows = []
+    for index in sorted(cells):
+        by_column, every = cells[index]
+        means = [None if (values := by_column.get(column)) is None else _mean(values) for column in columns]
+        rows.append(index + tuple(means) + (_mean(every), len(every)))
     return rows
 
 
