@@ -275,17 +275,17 @@ def _rows(gen_ids, gens, members, lineage) -> tuple:
             cohort_ids = ";".join(sorted(cohorts))
         error = g.error if status == "failed" else None
         stage = lin[0]
-        # each row built as one tuple: adding tuples up made each row several times over
         if stage == "evaluation":
-            lin = _eval_lineage(gen_id, lin, lineage)
-            parse, done, essay = g.parse, g.done, gens.get(lin[1])
+            row = _eval_lineage(gen_id, lin, lineage)
+            parse, done, essay = g.parse, g.done, gens.get(row[1])
             score = None if parse is None else parse[0]
-            evaluations.append(lin + (score, status, error, cohort_ids, g.origin,
+            evaluations.append(row + (score, status, error, cohort_ids, g.origin,
                                       None if done is None else ("copy" if done[6] else "prompt"),
                                       None if essay is None else essay.origin))
             if score is not None:
-                scores.append(lin + parse)
+                scores.append(row + parse)
         elif stage == "draft" or stage == "essay":
+            # one tuple: adding tuples up built the row five times
             done = g.done or _NO_DONE
             generations.append((gen_id, stage, lin[1], lin[2], lin[3], lin[4], lin[5], status, done[0], done[1],
                                 done[2], done[3], done[4], done[5] or g.reused_ts, cohort_ids, error))
@@ -301,7 +301,7 @@ def _tables(gens, members, lineage) -> tuple:
         "evaluation_results": (COLUMNS["evaluation_results"], evaluations),
         "scores_long": (COLUMNS["scores_long"], scores),
         "generation_scores_pivot": _generation_pivot(pivot_cells, sorted(columns)),
-        "evaluation_model_template_pivot": _model_template_table({cell: _mean(values) for cell, values in cells.items()}),
+        "evaluation_model_template_pivot": _model_template_table({c: _mean(values) for c, values in cells.items()}),
     }, (columns, cells)
 
 
