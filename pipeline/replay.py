@@ -327,7 +327,8 @@ def _calls_csv(fold) -> str:
         return to_csv(*_calls_table(fold.calls))
     lines = fold.call_lines + _call_lines(fold.calls)
     lines.sort()   # by (ts, event_id): unique, so lines are never compared
-    return to_csv(COLUMNS["llm_calls"], ()) + "".join([f"{line}\n" for _, _, line in lines])
+    # one join (lines is not empty here): a copy of each line ending in "\n" took a third longer
+    return to_csv(COLUMNS["llm_calls"], ()) + "\n".join(map(itemgetter(2), lines)) + "\n"
 
 
 def fold(pairs) -> dict:
