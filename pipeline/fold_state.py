@@ -448,9 +448,9 @@ def read_all(state, fold, stats, skip_bad) -> None:
     if sum(sizes) < PARALLEL_BYTES or len(segments) < 2 or not spare_core():
         _read(state, fold, stats, skip_bad, segments, set(), False)
         return
-    # the child takes the last segments, up to CHILD_SHARE of the bytes
-    split, after = len(sizes) - 1, sizes[-1]
-    while split > 1 and after + sizes[split - 1] <= CHILD_SHARE * sum(sizes):
+    # the child takes the last segments, as close to CHILD_SHARE of the bytes as whole segments come
+    split, after, share = len(sizes) - 1, sizes[-1], CHILD_SHARE * sum(sizes)
+    while split > 1 and abs(after + sizes[split - 1] - share) < abs(after - share):
         split -= 1
         after += sizes[split]
     later = segments[split:]

@@ -1,4 +1,4 @@
-"""Work handed to a forked child process and its answer taken back through a pipe.
+"""Work handed to a forked child process, its answer taken back once it has ended.
 
     >>> job = Job.start(sum, [1, 2, 3])   # returns at once; the child computes sum([1, 2, 3])
     >>> ...                                # this process works meanwhile (the machine's other core)
@@ -6,15 +6,18 @@
     6
     >>> job.abort()                        # or: stop the child and reap it
 
-The answer travels as marshal (builtins only: fast for big folds), an exception as pickle. A
-child never returns into the caller's code, never runs exit handlers or frees its heap piece by
+The answer travels as marshal (builtins only: fast for big folds), an exception as pickle, through
+an in-memory file rather than a pipe: the child writes it all as soon as it is done, whether or not
+this process is reading yet. A child never returns into the caller's code, never runs exit handlers or frees its heap piece by
 piece (os._exit: the kernel takes the memory back at once), and dies with the process that
 forked it (Linux's PR_SET_PDEATHSIG), so an interrupted parent leaves no child working on.
 """
 import marshal
+import mmap
 import os
 import pickle
 import signal
+import tempfile
 
 from .errors import PipelineError
 from .lifeline import _PRCTL, _PR_SET_PDEATHSIG
@@ -25,53 +28,63 @@ class ChildError(PipelineError):
 
 
 class Job:
-    def __init__(self, pid, pipe):
-        self.pid, self.pipe = pid, pipe
+    def __init__(self, pid, answer, ready):
+        self.pid, self.answer, self.ready = pid, answer, ready
 
     @classmethod
     def start(cls, fn, *args) -> "Job":
         """Run ``fn(*args)`` in a forked child; its value must be marshal-able."""
-        read_end, write_end = os.pipe()
+        answer = _memory_file()
+        ready, said = os.pipe()   # a byte once the answer is whole; nothing if the child ends first
         try:
             pid = os.fork()
         except BaseException:
-            os.close(read_end)
-            os.close(write_end)
+            answer.close()
+            os.close(ready)
+            os.close(said)
             raise
         if pid == 0:   # the child
             code = 1
             try:
-                os.close(read_end)
+                os.close(ready)
                 if _PRCTL is not None:
                     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
                 try:
-                    data = b"v" + marshal.dumps(fn(*args))
+                    kind, data = b"v", marshal.dumps(fn(*args))
                 except BaseException as exc:
-                    data = b"e" + _pickled(exc)
-                with os.fdopen(write_end, "wb") as out:
-                    out.write(data)
+                    kind, data = b"e", _pickled(exc)
+                answer.write(kind)
+                answer.write(data)
+                answer.flush()
+                os.write(said, b"1")
                 code = 0
             finally:
                 os._exit(code)
-        os.close(write_end)
-        return cls(pid, read_end)
+        os.close(said)
+        return cls(pid, answer, ready)
 
     def result(self):
-        """Wait for the child; its value, or its exception raised here. Interrupted (or failing)
-        while waiting, this stops the child first."""
+        """Wait for the child's answer: its value, or its exception raised here. Interrupted (or
+        failing) while waiting, this stops the child first."""
+        pid = self.pid
         try:
-            with os.fdopen(self.pipe, "rb") as pipe:
-                self.pipe = None
-                data = pipe.read()
-            status = self._wait()
+            kind = value = None
+            if os.read(self.ready, 1):
+                # read in place: a copy of a big answer costs as much as a third of loading it
+                with mmap.mmap(self.answer.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+                    kind = data[:1]
+                    with view[1:] as body:
+                        value = (marshal if kind == b"v" else pickle).loads(body)
+            self._close()
+            status = self._wait()   # after the loads: the child's exit (freeing its memory) overlaps it
         except BaseException:
             self.abort()
             raise
-        if data[:1] == b"v":
-            return marshal.loads(data[1:])
-        if data[:1] == b"e":
-            raise pickle.loads(data[1:])
-        raise ChildError(f"a forked process (pid {self.pid}) ended with {_status(status)} before it answered; "
+        if kind == b"v":
+            return value
+        if kind == b"e":
+            raise value
+        raise ChildError(f"a forked process (pid {pid}) ended with {_status(status)} before it answered; "
                          "was it killed (out of memory)? Run again")
 
     def abort(self) -> None:
@@ -82,14 +95,26 @@ class Job:
             except ProcessLookupError:
                 pass
             self._wait()
-        if self.pipe is not None:
-            os.close(self.pipe)
-            self.pipe = None
+        self._close()
+
+    def _close(self) -> None:
+        if self.answer is not None:
+            self.answer.close()
+            os.close(self.ready)
+            self.answer = None
 
     def _wait(self) -> int:
         _, status = os.waitpid(self.pid, 0)   # retried on EINTR (PEP 475)
         self.pid = None
         return status
+
+
+def _memory_file():
+    """An unnamed file in memory (Linux's memfd), else an unnamed temporary file."""
+    try:
+        return os.fdopen(os.memfd_create("forked-answer", os.MFD_CLOEXEC), "w+b")
+    except (AttributeError, OSError):
+        return tempfile.TemporaryFile()
 
 
 def _pickled(exc) -> bytes:

@@ -552,11 +552,17 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
 
 
 def _replay_full_answer(events_dir, tables_dir, skip_bad) -> tuple:
-    stats = _replay_full_here(events_dir, tables_dir, skip_bad)
+    stats = _replay_full_here(events_dir, tables_dir, skip_bad, keep=_KEPT)
     return astuple(stats.read), stats.rows, stats.version_after
 
 
-def _replay_full_here(events_dir, tables_dir, skip_bad) -> ReplayStats:
+# A forked replay's fold: left for the process's end to drop at once (pipeline.forked), rather than
+# freed object by object when _replay_full_here returns.
+_KEPT = []
+
+
+def _replay_full_here(events_dir, tables_dir, skip_bad, keep=None) -> ReplayStats:
+    """The full replay, in this process; ``keep``: a list the fold is added to (not freed here)."""
     stats = ReplayStats(read=ReadStats(), tables_dir=tables_dir, version_after=uuid.uuid4().hex)
     state = fold_state.FoldState.empty(events_dir)
     fold = Fold()
@@ -581,6 +587,8 @@ def _replay_full_here(events_dir, tables_dir, skip_bad) -> ReplayStats:
         saving.abort()
         raise
     saving.finish(state, lambda: {**meta, "files": table_files(tables_dir)})
+    if keep is not None:
+        keep.append((fold, listings, gens, members, lineage, tables))
     return stats
 
 
