@@ -437,27 +437,30 @@ def read_new(state, sink, stats, skip_bad) -> bool:
 
 def read_all(state, fold, stats, skip_bad) -> None:
     """read_new from an empty ``state`` into ``fold`` (a pipeline.replay.Fold), with the same
-    result; for a big log a forked child (the machine's other core) scans and folds the later
-    segments meanwhile and hands its fold over (Fold.export/merge). Whenever the child's part
-    cannot simply be merged - it failed (a bad line: this process then raises the same error),
-    or it holds an event_id of this process's part - this process reads that part itself."""
+    result; for a big log a forked child (the machine's other core) scans and folds the last
+    CHILD_SHARE of the bytes meanwhile - the last segments and the end of one more, from a line's
+    start - and hands its fold over (Fold.export/merge). Whenever the child's part cannot simply
+    be merged - it failed (a bad line: this process then raises the same error), or it holds an
+    event_id of this process's part - this process reads that part itself."""
     events_dir = Path(state.events_dir)
     present = iter_segments(events_dir)
     segments = [(p, p.relative_to(events_dir).as_posix()) for p in present]
     sizes = [p.stat().st_size for p in present]
-    if sum(sizes) < PARALLEL_BYTES or len(segments) < 2 or not spare_core():
+    if sum(sizes) < PARALLEL_BYTES or not spare_core():
         _read(state, fold, stats, skip_bad, segments, set(), False)
         return
-    # the child takes the last segments, as close to CHILD_SHARE of the bytes as whole segments come
-    split, after, share = len(sizes) - 1, sizes[-1], CHILD_SHARE * sum(sizes)
-    while split > 1 and abs(after + sizes[split - 1] - share) < abs(after - share):
+    split, wanted = len(sizes) - 1, CHILD_SHARE * sum(sizes)
+    while split > 0 and sizes[split] <= wanted:
+        wanted -= sizes[split]
         split -= 1
-        after += sizes[split]
-    later = segments[split:]
-    job = Job.start(_read_part, events_dir, type(fold), later, split, skip_bad)
+    cut = _line_start(present[split], sizes[split] - int(wanted))   # segment `split` is shared at `cut`
+    mine, later = segments[:split + 1], segments[split:]
+    if cut == sizes[split]:
+        later, cut = later[1:], None
+    job = Job.start(_read_part, events_dir, type(fold), later, split, cut, skip_bad)
     try:
         seen = set()
-        _read(state, fold, stats, skip_bad, segments[:split], seen, False)
+        _read(state, fold, stats, skip_bad, mine, seen, False, stop=cut)
         part = job.result()
     except Exception:   # the part's failure: this process reads it itself and meets it too
         if job.pid is not None:   # this process's own read failed
@@ -469,10 +472,11 @@ def read_all(state, fold, stats, skip_bad) -> None:
         raise
     if part is None or not seen.isdisjoint(part[2]):
         _read(state, fold, stats, skip_bad, later, seen, False)
+        stats.segments -= cut is not None   # the shared segment is one
         return
     exported, (n_segments, lines, events, duplicates, torn, bad, unknown_types), _, part_segments = part
     fold.merge(exported)
-    stats.segments += n_segments
+    stats.segments += n_segments - (cut is not None)   # the shared segment is one
     stats.lines += lines
     stats.events += events
     stats.duplicates += duplicates
@@ -481,21 +485,43 @@ def read_all(state, fold, stats, skip_bad) -> None:
     for etype, n in unknown_types.items():
         stats.unknown_types[etype] = stats.unknown_types.get(etype, 0) + n
     state.segments.update((rel, Segment(*seg)) for rel, seg in part_segments.items())
-    state.next_index += len(part_segments)
+    state.next_index = len(segments)
 
 
-def _read_part(events_dir, fold_type, segments, first_index, skip_bad) -> tuple:
-    """read_all's child: ``segments`` read into a new fold, exported with what read_all adds up."""
+def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad) -> tuple:
+    """read_all's child: ``segments`` (the first from byte ``start``, when not None) read into a new
+    fold, exported with what read_all adds up."""
     part, stats, seen, state = fold_type(), ReadStats(), set(), FoldState.empty(events_dir)
     state.next_index = first_index   # the numbers these segments get in a one-process read
+    if start is not None:   # the bytes before it, as a read up to there would have left them
+        with open(segments[0][0], "rb") as fh:
+            before = fh.read(start)
+        state.segments[segments[0][1]] = Segment(size=start, newlines=before.count(b"\n"), head=before[:_EDGE],
+                                                 tail=before[-_EDGE:], index=first_index)
+        state.next_index += 1
     _read(state, part, stats, skip_bad, segments, seen, False)
     return part.export(), astuple(stats), list(seen), {rel: astuple(seg) for rel, seg in state.segments.items()}
 
 
-def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
-    """read_new over ``segments`` ((path, relative path) pairs); ``seen``: the event_ids met so far."""
+def _line_start(path, at) -> int:
+    """The first byte of ``path`` at or after ``at`` that starts a line (its size if none does)."""
+    if at <= 0:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(at - 1)
+        while chunk := fh.read(1 << 16):
+            newline = chunk.find(b"\n")
+            if newline >= 0:
+                return at + newline
+            at += len(chunk)
+    return at - 1
+
+
+def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) -> bool:
+    """read_new over ``segments`` ((path, relative path) pairs), the last one only up to byte
+    ``stop`` when it is not None (a line's start); ``seen``: the event_ids met so far."""
     duplicates = stats.duplicates
-    for path, rel in segments:
+    for i, (path, rel) in enumerate(segments):
         seg = state.segments.get(rel)
         if seg is None:
             seg = Segment(index=state.next_index)
@@ -507,7 +533,7 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental) -> bool:
                 log.info("%s changed before the part already replayed; replaying the whole log", path)
                 return False
             fh.seek(seg.size)
-            raw = fh.read()
+            raw = fh.read() if stop is None or i < len(segments) - 1 else fh.read(stop - seg.size)
         if not raw and incremental:
             continue
         stats.segments += 1

@@ -360,6 +360,46 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
             replay(events, tmp_path / "bad", full=True)
 
 
+def test_one_big_segment_is_read_by_two_processes_split_at_a_line(tmp_path, monkeypatch):
+    """A log of one segment (one long-lived writer) is shared out too: the child reads its end
+    from a line's start; tables, counts and the saved state equal a one-process read's."""
+    from pipeline import fold_state
+
+    events = tmp_path / "events"
+    generate(events, 3000, writers=1, seed=3)
+    segment, = (events / "2025-01-01").iterdir()
+    line_start, cuts = fold_state._line_start, tmp_path / "cuts"
+
+    def noted(path, at):   # called in the forked replay: noted in a file
+        cut = line_start(path, at)
+        with open(cuts, "a") as fh:
+            fh.write(f"{cut}\n")
+        return cut
+    monkeypatch.setattr(fold_state, "_line_start", noted)
+    monkeypatch.setattr(fold_state, "PARALLEL_BYTES", 0)
+    results = []
+    for spare in (False, True):
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        tables = tmp_path / f"tables-{spare}"
+        stats = replay(events, tables, full=True)
+        state = fold_state.open_state(tables, events)
+        results.append((stats.read, stats.rows, {n: (tables / f"{n}.csv").read_bytes() for n in TABLES}, state.segments))
+        state.close()
+    assert results[0] == results[1] and results[0][0].segments == 1
+    text = segment.read_bytes()
+    cut, = map(int, cuts.read_text().split())
+    assert 0 < cut < len(text) and text[cut - 1:cut] == b"\n"
+
+    # the next replay reads on from where both left off
+    log = EventLog(events)
+    log.emit("score_parsed", cohort_id="late", stage="evaluation", gen_id="v_000000000000_1", score=3.5)
+    log.close()
+    stats = replay(events, tmp_path / "tables-True")
+    assert stats.incremental and stats.read.events == 1
+    assert (tmp_path / "tables-True" / "scores_long.csv").read_bytes() == \
+        (replay(events, tmp_path / "full", full=True).tables_dir / "scores_long.csv").read_bytes()
+
+
 def test_a_table_the_state_writing_child_cannot_write_is_a_clear_error_naming_it(tmp_path, monkeypatch):
     import os
 
