@@ -339,12 +339,15 @@ def _bool(value):
     return {True: "true", False: "false"}.get(value, value)
 
 
-def _listing(ev) -> dict:
-    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins)."""
+def _listing(ev, ids_only=False):
+    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins); with
+    ``ids_only``, a list of those gen_ids (in the same order)."""
     fields = list(ev.get("member_fields") or [])
     if "gen_id" not in fields:
-        return {}
+        return [] if ids_only else {}
     gen_at = fields.index("gen_id")
+    if ids_only:
+        return list(dict.fromkeys([values[gen_at] for values in ev.get("members") or []]))
     # A column for each LINEAGE field; one the cohort does not list reads as None.
     pick = itemgetter(*(fields.index(f) if f in fields else len(fields) for f in LINEAGE))
     return {values[gen_at]: pick(values + [None]) for values in ev.get("members") or []}
@@ -573,7 +576,7 @@ def _replay_full_here(events_dir, tables_dir, skip_bad, keep=None) -> ReplayStat
     # The state and llm_calls.csv are written by a forked child (the second core) while this
     # process writes the other tables, and the state is put in place after them all: a state
     # never covers events the tables do not show.
-    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, lineage),
+    saving = fold_state.save_state(tables_dir, len(gens), lambda: _state_parts(fold, listings, members, lineage),
                                    [(tables_dir / "llm_calls.csv", lambda: _calls_csv(fold))])
     try:
         tables, totals = _tables(gens, members, lineage)
@@ -592,7 +595,7 @@ def _replay_full_here(events_dir, tables_dir, skip_bad, keep=None) -> ReplayStat
     return stats
 
 
-def _state_parts(fold, listings, lineage) -> tuple:
+def _state_parts(fold, listings, members, lineage) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
     records are (gen_id, (positions of its events, listing)) pairs: an incremental replay reads
     the events back (fold_state.events_at), folds them again and calls saved_record()."""
@@ -600,12 +603,12 @@ def _state_parts(fold, listings, lineage) -> tuple:
         get = listings.get
         for gen_id, g in fold.gens.items():
             listing = get(gen_id)
-            if listing is not None and len(listing) == 1:
-                # most generations: listed by one cohort with the lineage of their own events,
-                # saved as (cohort_id, key) - marshalling each listing took half the save's time
+            if listing is not None and gen_id not in members:
+                # most generations: listed by one cohort their events name, with the lineage of
+                # their events (_resolve), saved as (cohort_id, key): saved_record takes the lineage
+                # from the events
                 (cohort_id, (key, lin)), = listing.items()
-                own = g.lineage
-                if lin == own and type(lin[-1]) is type(own[-1]):   # replicate: 1 == 1.0 == True
+                if type(lin[-1]) is type(g.lineage[-1]):   # replicate: 1 == 1.0 == True
                     listing = (cohort_id, key)
             yield gen_id, (g.keys, listing)
         for gen_id in listings.keys() - fold.gens.keys():
@@ -616,7 +619,7 @@ def _state_parts(fold, listings, lineage) -> tuple:
         parent = lin[1]
         if parent and type(parent) is str:
             children.setdefault(parent, []).append(gen_id)
-    cohorts = {cohort_id: (key, list(_listing(ev)), fold.cohort_events[cohort_id])
+    cohorts = {cohort_id: (key, _listing(ev, ids_only=True), fold.cohort_events[cohort_id])
                for cohort_id, (key, ev) in fold.cohorts.items()}
     return records(), children, cohorts
 
