@@ -421,17 +421,18 @@ def scan_events(events_dir, skip_bad=False, stats=None):
 _scan_once = json.JSONDecoder().scan_once  # the C scanner json.loads ends in, without its wrapping
 
 
-def scan_lines(path, segment, lines, first_line, first_position, seen, stats, skip_bad):
+def scan_lines(path, segment, lines, first_line, first_position, seen, stats, skip_bad, final=True):
     """Check and yield ``((ts, segment, position), event)`` for the events of ``lines`` (a
     segment's text split at newlines, its first element being line ``first_line`` and starting at
     ``first_position``, a byte offset plus whatever the caller adds to tell segments apart:
     pipeline.fold_state.events_at); ``seen`` holds the event_ids met so far (duplicates are counted
-    and dropped). An unparsable last line is a torn write: skipped with a warning."""
+    and dropped). An unparsable last line is a torn write: skipped with a warning (unless not
+    ``final``: more of the segment follows ``lines``)."""
     last = len(lines)
     while last and not lines[last - 1]:
         last -= 1
     stats.lines += last - lines[:last].count("")
-    last_no = last + first_line - 1
+    last_no = last + first_line - 1 if final else 0
     scan, valid, add = _scan_once, _VALID, seen.add
     kept = duplicates = 0
     at = first_position

@@ -532,25 +532,54 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) 
                              or os.pread(fh.fileno(), len(seg.tail), seg.size - len(seg.tail)) != seg.tail):
                 log.info("%s changed before the part already replayed; replaying the whole log", path)
                 return False
+            end = os.fstat(fh.fileno()).st_size if stop is None or i < len(segments) - 1 else stop
+            if end <= seg.size and incremental:
+                continue
+            stats.segments += 1
             fh.seek(seg.size)
-            raw = fh.read() if stop is None or i < len(segments) - 1 else fh.read(stop - seg.size)
-        if not raw and incremental:
-            continue
-        stats.segments += 1
-        lines = _split_lines(raw)
-        if seg.open_line and lines[0]:
-            return False  # text after a complete last line: the line is no longer what was folded
-        torn_before = len(stats.torn)
-        sink.add(scan_lines(path, rel, lines, seg.newlines + 1, seg.index << _OFFSET_BITS | seg.size, seen,
-                            stats, skip_bad))
-        if incremental and stats.duplicates != duplicates:
-            log.info("an event appears twice in the log; replaying the whole log")
-            return False
-        # a torn last line is left unfolded, to be read again (perhaps complete) next time
-        used = raw.rfind(b"\n") + 1 if len(stats.torn) > torn_before else len(raw)
-        folded = raw[:used]
-        state.segments[rel] = Segment(
-            size=seg.size + used, newlines=seg.newlines + folded.count(b"\n"),
-            open_line=bool(folded) and not folded.endswith(b"\n") or (seg.open_line and not folded),
-            head=(seg.head + folded)[:_EDGE], tail=(seg.tail + folded)[-_EDGE:], index=seg.index)
+            size, newlines, head, tail, open_line = seg.size, seg.newlines, seg.head, seg.tail, seg.open_line
+            for raw, last in _pieces(fh, end):
+                lines = _split_lines(raw)
+                if open_line and lines[0]:
+                    return False  # text after a complete last line: the line is no longer what was folded
+                torn_before = len(stats.torn)
+                sink.add(scan_lines(path, rel, lines, newlines + 1, seg.index << _OFFSET_BITS | size, seen,
+                                    stats, skip_bad, final=last))
+                if incremental and stats.duplicates != duplicates:
+                    log.info("an event appears twice in the log; replaying the whole log")
+                    return False
+                # a torn last line is left unfolded, to be read again (perhaps complete) next time
+                used = raw.rfind(b"\n") + 1 if len(stats.torn) > torn_before else len(raw)
+                folded = raw[:used]
+                size += used
+                newlines += folded.count(b"\n")
+                head, tail = (head + folded[:_EDGE])[:_EDGE], (tail + folded[-_EDGE:])[-_EDGE:]
+                if folded:
+                    open_line = not folded.endswith(b"\n")
+        state.segments[rel] = Segment(size=size, newlines=newlines, open_line=open_line, head=head, tail=tail,
+                                      index=seg.index)
     return True
+
+
+_PIECE = 8 << 20   # a segment is read this much at a time: buffers this size are reused, not mapped anew
+
+
+def _pieces(fh, end):
+    """(bytes, last) for the bytes from ``fh``'s position up to ``end``, in pieces of about _PIECE
+    that end at a newline - but the last, which ends at ``end``."""
+    at, rest = fh.tell(), b""
+    while at < end:
+        chunk = fh.read(min(_PIECE, end - at))
+        if not chunk:   # the file shrank meanwhile
+            break
+        at += len(chunk)
+        data = rest + chunk if rest else chunk
+        if at >= end:
+            yield data, True
+            return
+        cut = data.rfind(b"\n") + 1
+        rest = data[cut:]
+        if cut:
+            yield data[:cut], False
+    if rest:
+        yield rest, True

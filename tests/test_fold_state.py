@@ -400,6 +400,41 @@ def test_one_big_segment_is_read_by_two_processes_split_at_a_line(tmp_path, monk
         (replay(events, tmp_path / "full", full=True).tables_dir / "scores_long.csv").read_bytes()
 
 
+def test_a_segment_read_in_pieces_replays_as_one_read_whole(tmp_path, monkeypatch):
+    """Big segments are read a piece at a time; small pieces give the same tables, counts and
+    state, a torn last line is still only the segment's last, and a bad line ending a piece is
+    still an error."""
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.events import EventLogError
+
+    events = tmp_path / "events"
+    generate(events, 2000, writers=2, seed=4)
+    first, last = sorted((events / "2025-01-01").iterdir())
+    with open(last, "a") as fh:
+        fh.write('{"event_id": "torn')
+
+    def replayed(name, piece):
+        monkeypatch.setattr(fold_state, "_PIECE", piece)
+        tables = tmp_path / name
+        stats = replay(events, tables, full=True)
+        state = fold_state.open_state(tables, events)
+        state.close()
+        return stats.read, stats.rows, {n: (tables / f"{n}.csv").read_bytes() for n in TABLES}, state.segments
+
+    whole = replayed("whole", 8 << 20)
+    assert whole == replayed("pieces", 4096) and len(whole[0].torn) == 1
+
+    text = first.read_bytes()
+    at = text.index(b"\n", 4096) + 1   # a bad line where a piece ends, well before the last
+    first.write_bytes(text[:at] + b'{"bad"\n' + text[at:])
+    for piece in (8 << 20, at + 8):
+        monkeypatch.setattr(fold_state, "_PIECE", piece)
+        with pytest.raises(EventLogError, match=rf"{first.name}:\d+: malformed event \(invalid JSON"):
+            replay(events, tmp_path / "bad", full=True)
+
+
 def test_a_table_the_state_writing_child_cannot_write_is_a_clear_error_naming_it(tmp_path, monkeypatch):
     import os
 
