@@ -20,9 +20,9 @@ cohorts listing it - is marshalled in shards of about GENS_PER_SHARD generations
 gen_id, each with a checksum, so looking up a few generations reads a few shards. A damaged,
 foreign or older state means a full replay, never an error.
 
-A full replay uses the machine's second core twice: read_all has a forked child scan and fold the
-later segments of a big log, and save_state has one write the new state (and a table handed to it)
-while this process writes the other tables.
+A full replay uses the machine's second core twice (pipeline.forked): read_all has a forked child
+scan and fold the last CHILD_SHARE of the log's bytes, and save_state has one write the new state
+(and a table handed to it) while pipeline.replay writes the other tables.
 """
 import errno
 import hashlib
