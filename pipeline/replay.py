@@ -541,6 +541,7 @@ def replay(events_dir, tables_dir, skip_bad=False, full=False) -> ReplayStats:
 
 
 def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
+    remove_stale_tmp(tables_dir)   # what a killed replay was writing
     if sum(path.stat().st_size for path in iter_segments(events_dir)) < fold_state.PARALLEL_BYTES:
         return _replay_full_here(events_dir, tables_dir, skip_bad)
     # A big log is replayed by a forked process: it ends without freeing its heap object by object
@@ -549,7 +550,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
     try:
         read, rows, version = job.result()
     except BaseException:
-        remove_stale_tmp(tables_dir)   # what a stopped replay was writing
+        remove_stale_tmp(tables_dir)   # what the stopped replay was writing
         raise
     return ReplayStats(read=ReadStats(*read), rows=rows, tables_dir=tables_dir, version_after=version)
 

@@ -435,6 +435,22 @@ def test_a_segment_read_in_pieces_replays_as_one_read_whole(tmp_path, monkeypatc
             replay(events, tmp_path / "bad", full=True)
 
 
+def test_a_full_replay_clears_what_a_killed_replay_was_writing(tmp_path):
+    import subprocess
+    import sys
+
+    events, tables = tmp_path / "events", tmp_path / "tables"
+    generate(events, 300, writers=1, seed=1)
+    tables.mkdir()
+    # a replay killed while it wrote the state leaves its temporary file, named for its pid
+    subprocess.run([sys.executable, "-c", "import sys; from pipeline.fsio import new_tmp; new_tmp(sys.argv[1])",
+                    str(tables / STATE_FILE)], check=True)
+    left, = [p.name for p in tables.iterdir()]
+    assert STATE_FILE in left and left != STATE_FILE
+    replay(events, tables, full=True)
+    assert sorted(p.name for p in tables.iterdir()) == sorted([f"{n}.csv" for n in TABLES] + [STATE_FILE])
+
+
 def test_a_table_the_state_writing_child_cannot_write_is_a_clear_error_naming_it(tmp_path, monkeypatch):
     import os
 
