@@ -1,4 +1,4 @@
-"""Work handed to a forked child process, its answer taken back once it has ended.
+"""Work handed to a forked child process, its answer taken back once it is ready.
 
     >>> job = Job.start(sum, [1, 2, 3])   # returns at once; the child computes sum([1, 2, 3])
     >>> ...                                # this process works meanwhile (the machine's other core)
@@ -8,9 +8,10 @@
 
 The answer travels as marshal (builtins only: fast for big folds), an exception as pickle, through
 an in-memory file rather than a pipe: the child writes it all as soon as it is done, whether or not
-this process is reading yet. A child never returns into the caller's code, never runs exit handlers or frees its heap piece by
-piece (os._exit: the kernel takes the memory back at once), and dies with the process that
-forked it (Linux's PR_SET_PDEATHSIG), so an interrupted parent leaves no child working on.
+this process is reading yet. A child never returns into the caller's code, never runs exit
+handlers or frees its heap piece by piece (os._exit: the kernel takes the memory back at once), and
+dies with the process that forked it (pipeline.lifeline), so an interrupted parent leaves no child
+working on.
 """
 import marshal
 import mmap
@@ -20,7 +21,7 @@ import signal
 import tempfile
 
 from .errors import PipelineError
-from .lifeline import _PRCTL, _PR_SET_PDEATHSIG
+from .lifeline import die_with_parent
 
 
 class ChildError(PipelineError):
@@ -34,7 +35,7 @@ class Job:
     @classmethod
     def start(cls, fn, *args) -> "Job":
         """Run ``fn(*args)`` in a forked child; its value must be marshal-able."""
-        answer = _memory_file()
+        answer, parent = _memory_file(), os.getpid()
         ready, said = os.pipe()   # a byte once the answer is whole; nothing if the child ends first
         try:
             pid = os.fork()
@@ -47,8 +48,7 @@ class Job:
             code = 1
             try:
                 os.close(ready)
-                if _PRCTL is not None:
-                    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                die_with_parent(parent)
                 try:
                     kind, data = b"v", marshal.dumps(fn(*args))
                 except BaseException as exc:

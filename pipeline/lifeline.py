@@ -43,10 +43,16 @@ def _before_fork():
 
 def _in_child():
     _parent[:] = _forker[:1]
+    die_with_parent(_parent[0] if _parent else None)
+
+
+def die_with_parent(parent=None) -> None:
+    """In a forked child: ask Linux for SIGKILL when the parent dies; end at once if ``parent``, the
+    pid of the process that forked this one, is gone already (it died before the request)."""
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if _parent and os.getppid() != _parent[0]:
-        os._exit(1)  # the parent died before the request above took effect
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def process_start(pid):
