@@ -508,13 +508,8 @@ def _line_start(path, at) -> int:
     if at <= 0:
         return 0
     with open(path, "rb") as fh:
-        fh.seek(at - 1)
-        while chunk := fh.read(1 << 16):
-            newline = chunk.find(b"\n")
-            if newline >= 0:
-                return at + newline
-            at += len(chunk)
-    return at - 1
+        size = os.fstat(fh.fileno()).st_size
+        return min(at + len(_line_at(fh.fileno(), at - 1, size)), size)
 
 
 def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) -> bool:
