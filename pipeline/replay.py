@@ -61,6 +61,7 @@ _STATUS = {"generation_started": "running", "generation_completed": "done",
 _NO_KEY = ("",)  # sorts before every real (ts, segment, position) key
 _NO_LINEAGE = (None,) * len(LINEAGE)
 _NO_DONE = (None,) * 6   # _Gen.done's values but copy, for a generation not done
+_NO_COHORTS = frozenset()
 
 
 @dataclass
@@ -91,7 +92,7 @@ class _Gen:
         self.stage = stage
         self.status_key = self.done_key = self.parse_key = _NO_KEY
         self.status = self.lineage = self.done = self.reused_ts = self.parse = self.error = None
-        self.cohorts = set()
+        self.cohorts = _NO_COHORTS
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
         self.keys = []   # positions of the events folded (their keys' last part): pipeline.fold_state
 
@@ -121,10 +122,15 @@ class Fold:
         self.calls = []     # (ts, event_id, row)
         self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merge()'s, rendered there
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
+        self.pool = {}
+        self.one_cohort = {}
 
     def add(self, pairs) -> "Fold":
         """Fold ``((ts, segment, position), event)`` pairs (pipeline.events.scan_lines), in any order."""
         gens, cohorts, calls = self.gens, self.cohorts, self.calls
+        # values repeated across generations are kept once: a copy per generation was a fifth
+        # of the fold's memory, and memory is paid for again in page faults
+        pool, one = self.pool.setdefault, self.one_cohort
         for key, ev in pairs:
             get = ev.get
             etype = ev["type"]
@@ -139,32 +145,40 @@ class Fold:
             gen_id = ev["gen_id"]
             g = gens.get(gen_id)
             if g is None:
-                g = gens[gen_id] = _Gen(get("stage"))
+                stage = get("stage")
+                g = gens[gen_id] = _Gen(pool(stage, stage))
             g.keys.append(key[2])
             cohort_id = get("cohort_id")
-            if cohort_id:
-                g.cohorts.add(cohort_id)
+            if cohort_id and cohort_id not in g.cohorts:
+                if g.cohorts:
+                    g.cohorts = g.cohorts | {cohort_id}
+                else:
+                    g.cohorts = one.get(cohort_id) or one.setdefault(cohort_id, frozenset((cohort_id,)))
+                    cohort_id, = g.cohorts
 
             status = _STATUS.get(etype)
             if status is not None:
                 if key > g.status_key:
                     g.status_key, g.status = key, status
-                    g.lineage = (get("stage"), get("parent_gen_id"), get("combo_id"),
-                                 get("template_id"), get("llm_model_id"), get("replicate"))
+                    stage, combo, template, model = get("stage"), get("combo_id"), get("template_id"), get("llm_model_id")
+                    g.lineage = (pool(stage, stage), get("parent_gen_id"), pool(combo, combo), pool(template, template),
+                                 pool(model, model), get("replicate"))
                     if status == "failed":
                         g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
                                             if part)
                 if etype == "generation_completed":
                     if key > g.done_key:
                         g.done_key = key
-                        g.done = (get("finish_reason"), get("prompt_tokens"),
+                        finish = get("finish_reason")
+                        g.done = (pool(finish, finish), get("prompt_tokens"),
                                   get("completion_tokens"), get("cost"), get("duration_s"),
                                   ev["ts"], bool(get("copy")))
                     if g.origin_key is None or key < g.origin_key:
                         g.origin_key, g.origin = key, cohort_id
                     if not get("copy") and get("source", "run") == "run":
+                        stage, model = get("stage"), get("llm_model_id")
                         calls.append((ev["ts"], ev["event_id"], (
-                            ev["ts"], get("stage"), gen_id, get("llm_model_id"),
+                            ev["ts"], pool(stage, stage), gen_id, pool(model, model),
                             get("attempts"), "ok", None, None, None, get("prompt_tokens"),
                             get("completion_tokens"), get("cost"), get("duration_s"))))
                 elif etype == "generation_reused" and (g.reused_ts is None or ev["ts"] > g.reused_ts):
@@ -173,12 +187,16 @@ class Fold:
                 # The latest parse outcome decides the score: a later failed re-parse clears it.
                 if key > g.parse_key:
                     g.parse_key = key
-                    g.parse = ((get("score"), get("scale"), get("parser"))
-                               if etype == "score_parsed" else None)
+                    if etype == "score_parsed":
+                        scale, parser = get("scale"), get("parser")
+                        g.parse = (get("score"), pool(scale, scale), pool(parser, parser))
+                    else:
+                        g.parse = None
             elif etype == "llm_call_failed":
+                stage, model, error_class = get("stage"), get("llm_model_id"), get("error_class")
                 calls.append((ev["ts"], ev["event_id"], (
-                    ev["ts"], get("stage"), gen_id, get("llm_model_id"), get("attempt"),
-                    "failed", get("status"), get("error_class"), _bool(get("will_retry")),
+                    ev["ts"], pool(stage, stage), gen_id, pool(model, model), get("attempt"),
+                    "failed", get("status"), pool(error_class, error_class), _bool(get("will_retry")),
                     None, None, None, None)))
         return self
 
@@ -211,7 +229,7 @@ class Fold:
                 g.parse_key, g.parse = o.parse_key, o.parse
             if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
                 g.origin_key, g.origin = o.origin_key, o.origin
-            g.cohorts |= o.cohorts
+            g.cohorts = g.cohorts | o.cohorts   # never in place: a set may be shared
             g.keys += o.keys
         for cohort_id, (key, ev) in cohorts.items():
             current = self.cohorts.get(cohort_id)
@@ -239,9 +257,9 @@ def _resolve(fold_gens, listings) -> tuple:
             if gens is fold_gens:   # the fold is left as it is: more events may be folded into it
                 gens = dict(fold_gens)
             gens[gen_id] = _Gen(None)
-        elif len(listing) == 1:
+        elif type(listing) is tuple:
             # most generations: listed by a cohort their events name, with their events' lineage
-            (cohort_id, (_, lin)), = listing.items()
+            cohort_id, _, lin = listing
             if lin == g.lineage and cohort_id in g.cohorts:
                 continue
         members[gen_id] = _member(listing)
@@ -354,20 +372,36 @@ def _listing(ev, ids_only=False):
 
 
 def _listings(cohorts) -> dict:
-    """gen_id -> {cohort_id: (event key, LINEAGE values)} over the latest cohort_built of each cohort."""
+    """gen_id -> its listing over the latest cohort_built of each cohort: (cohort_id, event key,
+    LINEAGE values) for a generation one cohort lists (most: a dict each cost a fifth of a
+    replay's memory), else {cohort_id: (event key, LINEAGE values)} (_listing_dict)."""
     listings = {}
     for cohort_id, (key, ev) in cohorts.items():
         for gen_id, lin in _listing(ev).items():
             listing = listings.get(gen_id)
             if listing is None:
-                listings[gen_id] = {cohort_id: (key, lin)}
+                listings[gen_id] = (cohort_id, key, lin)
+            elif type(listing) is tuple:
+                listings[gen_id] = {listing[0]: listing[1:], cohort_id: (key, lin)}
             else:
                 listing[cohort_id] = (key, lin)
     return listings
 
 
+def _listing_dict(listing) -> dict:
+    """{cohort_id: (event key, LINEAGE values)} for a listing as _listings gives it."""
+    if type(listing) is tuple:
+        cohort_id, key, lin = listing
+        return {cohort_id: (key, lin)}
+    return listing
+
+
 def _member(listing) -> tuple:
-    """(lineage from the newest cohort listing the generation, set of the cohort_ids listing it)."""
+    """(lineage from the newest cohort listing the generation, set of the cohort_ids listing it),
+    from a listing as _listings gives it or its _listing_dict."""
+    if type(listing) is tuple:
+        cohort_id, _, lin = listing
+        return lin, set() if cohort_id is None else {cohort_id}
     if len(listing) == 1:
         (cohort_id, (_, lin)), = listing.items()
         return lin, set() if cohort_id is None else {cohort_id}
@@ -604,16 +638,18 @@ def _state_parts(fold, listings, members, lineage) -> tuple:
         get = listings.get
         for gen_id, g in fold.gens.items():
             listing = get(gen_id)
-            if listing is not None and gen_id not in members:
-                # most generations: listed by one cohort their events name, with the lineage of
-                # their events (_resolve), saved as (cohort_id, key): saved_record takes the lineage
-                # from the events
-                (cohort_id, (key, lin)), = listing.items()
-                if type(lin[-1]) is type(g.lineage[-1]):   # replicate: 1 == 1.0 == True
+            if type(listing) is tuple:
+                cohort_id, key, lin = listing
+                if gen_id not in members and type(lin[-1]) is type(g.lineage[-1]):   # replicate: 1 == 1.0 == True
+                    # most generations: listed by one cohort their events name, with the lineage of
+                    # their events (_resolve), saved as (cohort_id, key): saved_record takes the
+                    # lineage from the events
                     listing = (cohort_id, key)
+                else:
+                    listing = {cohort_id: (key, lin)}
             yield gen_id, (g.keys, listing)
         for gen_id in listings.keys() - fold.gens.keys():
-            yield gen_id, (None, listings[gen_id])
+            yield gen_id, (None, _listing_dict(listings[gen_id]))
 
     children = {}
     for gen_id, lin in lineage.items():

@@ -225,7 +225,7 @@ class _Update:
         fold = Fold()
         fold.gens = {g: _gen_from(r[0]) for g in gen_ids if (r := self.old[g]) is not None and r[0] is not None}
         for g in fold.gens.values():   # Fold.add changes these in place; the old records must stay
-            g.cohorts, g.keys = set(g.cohorts), list(g.keys)
+            g.keys = list(g.keys)
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls
