@@ -118,7 +118,7 @@ class Fold:
 
     def __init__(self):
         self.gens = {}      # gen_id -> _Gen
-        self.cohorts = {}   # cohort_id -> (key, event): the latest cohort_built defines membership
+        self.cohorts = {}   # cohort_id -> (key, its _listing): the latest cohort_built defines membership
         self.calls = []     # (ts, event_id, row)
         self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merge()'s, rendered there
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
@@ -137,7 +137,8 @@ class Fold:
             if etype == "cohort_built":
                 current = cohorts.get(get("cohort_id"))
                 if current is None or key > current[0]:
-                    cohorts[get("cohort_id")] = (key, ev)
+                    # its listing, not the event: the parsed member rows held a fifth of the memory
+                    cohorts[get("cohort_id")] = (key, _listing(ev, pool))
                 self.cohort_events.setdefault(get("cohort_id"), []).append(ev["event_id"])
                 continue
             if etype not in EVENT_TYPES:
@@ -357,18 +358,21 @@ def _bool(value):
     return {True: "true", False: "false"}.get(value, value)
 
 
-def _listing(ev, ids_only=False):
-    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins); with
-    ``ids_only``, a list of those gen_ids (in the same order)."""
+def _listing(ev, pool=None) -> dict:
+    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins), with
+    the values ``pool`` (a dict's setdefault) has kept once."""
     fields = list(ev.get("member_fields") or [])
     if "gen_id" not in fields:
-        return [] if ids_only else {}
+        return {}
     gen_at = fields.index("gen_id")
-    if ids_only:
-        return list(dict.fromkeys([values[gen_at] for values in ev.get("members") or []]))
     # A column for each LINEAGE field; one the cohort does not list reads as None.
     pick = itemgetter(*(fields.index(f) if f in fields else len(fields) for f in LINEAGE))
-    return {values[gen_at]: pick(values + [None]) for values in ev.get("members") or []}
+    listing = {values[gen_at]: pick(values + [None]) for values in ev.get("members") or []}
+    if pool is not None:
+        for gen_id, (stage, parent, combo, template, model, replicate) in listing.items():
+            listing[gen_id] = (pool(stage, stage), parent, pool(combo, combo), pool(template, template),
+                               pool(model, model), replicate)
+    return listing
 
 
 def _listings(cohorts) -> dict:
@@ -376,8 +380,8 @@ def _listings(cohorts) -> dict:
     LINEAGE values) for a generation one cohort lists (most: a dict each cost a fifth of a
     replay's memory), else {cohort_id: (event key, LINEAGE values)} (_listing_dict)."""
     listings = {}
-    for cohort_id, (key, ev) in cohorts.items():
-        for gen_id, lin in _listing(ev).items():
+    for cohort_id, (key, listing_of) in cohorts.items():
+        for gen_id, lin in listing_of.items():
             listing = listings.get(gen_id)
             if listing is None:
                 listings[gen_id] = (cohort_id, key, lin)
@@ -656,8 +660,8 @@ def _state_parts(fold, listings, members, lineage) -> tuple:
         parent = lin[1]
         if parent and type(parent) is str:
             children.setdefault(parent, []).append(gen_id)
-    cohorts = {cohort_id: (key, _listing(ev, ids_only=True), fold.cohort_events[cohort_id])
-               for cohort_id, (key, ev) in fold.cohorts.items()}
+    cohorts = {cohort_id: (key, list(listing), fold.cohort_events[cohort_id])
+               for cohort_id, (key, listing) in fold.cohorts.items()}
     return records(), children, cohorts
 
 

@@ -28,7 +28,7 @@ from .sorted_csv import SortedCsvError, groups_in_file, splice, splice_file
 from .events import EVENT_TYPES, ReadStats
 from .fsio import write_bytes_atomic
 from .replay import (PIVOT_INDEX, Fold, ReplayStats, TABLES, _Gen, _gen_from, _SCORE_AT, _VALUES, _lineage,
-                     _listing, _member, _model_template_cell, _model_template_table, _pivot_cells, _pivot_column, _pivot_rows,
+                     _member, _model_template_cell, _model_template_table, _pivot_cells, _pivot_column, _pivot_rows,
                      _rows, saved_record, table_files, to_csv)
 
 _ROW_TABLES = ("generation_results", "evaluation_results", "scores_long")
@@ -229,7 +229,7 @@ class _Update:
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls
-        rebuilt = {c: _listing(ev) for c, (_, ev) in fold.cohorts.items() if ev is not None}
+        rebuilt = {c: listing for c, (_, listing) in fold.cohorts.items() if listing is not None}
         listed = {g for c, new_listing in rebuilt.items() for g in (*new_listing, *old_cohorts.get(c, (0, ()))[1])}
         self.load(listed)
         listings = {g: dict(self.old[g][1] or {}) if self.old[g] is not None else {} for g in listed}
