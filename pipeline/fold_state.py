@@ -33,6 +33,7 @@ import os
 import resource
 import shutil
 import sqlite3
+import time
 import zlib
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
@@ -53,7 +54,7 @@ GENS_PER_SHARD = 128   # now that records are small: fewer, bigger shards marsha
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
 PARALLEL_BYTES = 16 << 20
 # the child's part costs it a marshal.dumps and this process a loads and a merge: it reads less
-CHILD_SHARE = 0.40
+CHILD_SHARE = 0.43
 PARALLEL_RECORDS = 50_000   # fewer are saved in well under a second: not worth a fork
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
@@ -318,9 +319,22 @@ def save_error(path, why) -> StoreError:
 
 def spare_core() -> bool:
     """Whether a forked helper would run beside this process rather than take turns with it on
-    one core (which costs more than doing the work here): the last minute's load, this process's own
-    share in it included, left about a core idle."""
-    return os.getloadavg()[0] + 0.5 < len(os.sched_getaffinity(0))
+    one core (which costs more than doing the work here). On Linux: whether, at one of a few
+    instants over about 10 ms, fewer tasks were runnable (this one included) than this process
+    may use cores. Not the load average: it trails the last minute (a replay just after other
+    work, a cohort's run or a benchmark's previous step, would run alone), and some virtual
+    machines never show less than 1 when idle. Elsewhere, the last minute's load."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        for _ in range(5):
+            with open("/proc/loadavg") as fh:   # "0.52 0.58 0.59 2/311 12345": 2 runnable now
+                runnable = int(fh.read().split()[3].split("/")[0])
+            if runnable < cores:
+                return True
+            time.sleep(0.002)
+        return False
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] + 0.5 < cores
 
 
 def _write_records(tmp, mask, records, children, cohorts) -> None:

@@ -3,10 +3,15 @@ those of one full replay, including the original's cross-experiment tables compu
 import csv
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from bench.replay_bench import generate
+from pipeline import fold_state
 from pipeline.events import EventLog
 from pipeline.fold_state import STATE_FILE
 from pipeline.original_tables import write_cross_experiment_tables
@@ -491,3 +496,17 @@ def test_a_full_replay_of_an_unchanged_log_leaves_every_table_file_alone(tmp_pat
         for name, before in files.items():
             after = os.stat(tables / f"{name}.csv")
             assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
+
+
+def test_no_helper_process_is_forked_while_every_core_is_busy():
+    """spare_core looks at the tasks runnable now: with a busy loop on every core it answers no
+    at once, where the one-minute load average would still show a core free."""
+    cores = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)   # started and spinning
+        assert not fold_state.spare_core()
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
