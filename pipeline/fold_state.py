@@ -54,7 +54,7 @@ GENS_PER_SHARD = 128   # now that records are small: fewer, bigger shards marsha
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
 PARALLEL_BYTES = 16 << 20
 # the child's part costs it a marshal.dumps and this process a loads and a merge: it reads less
-CHILD_SHARE = 0.43
+CHILD_SHARE = 0.40
 PARALLEL_RECORDS = 50_000   # fewer are saved in well under a second: not worth a fork
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
