@@ -511,9 +511,8 @@ def to_csv(columns, rows) -> str:
     lines = _plain_lines(rows, len(columns))
     if lines is None:
         writer.writerows(rows)
-    else:
-        out.write(lines)
-    return out.getvalue()
+        return out.getvalue()
+    return out.getvalue() + lines   # one copy of the lines: written to ``out`` they took two
 
 
 def _plain_lines(rows, width):
@@ -523,12 +522,14 @@ def _plain_lines(rows, width):
         return ""
     if width < 2 or set(map(len, rows)) != {width}:   # csv.writer quotes a lone empty field
         return None
-    text = "\n".join(_line_renderer(width)(rows))
+    lines = _line_renderer(width)(rows)
+    lines.append("")   # the last line's newline, joined rather than added to a copy
+    text = "\n".join(lines)
     # a comma, quote or line break inside a value shows as one too many, or is refused
-    if (text.count(",") != len(rows) * (width - 1) or text.count("\n") != len(rows) - 1
+    if (text.count(",") != len(rows) * (width - 1) or text.count("\n") != len(rows)
             or '"' in text or "\r" in text):
         return None
-    return text + "\n"
+    return text
 
 
 @functools.cache
