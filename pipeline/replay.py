@@ -155,7 +155,6 @@ class Fold:
                     g.cohorts = g.cohorts | {cohort_id}
                 else:
                     g.cohorts = one.get(cohort_id) or one.setdefault(cohort_id, frozenset((cohort_id,)))
-                    cohort_id, = g.cohorts
 
             status = _STATUS.get(etype)
             if status is not None:
@@ -175,7 +174,7 @@ class Fold:
                                   get("completion_tokens"), get("cost"), get("duration_s"),
                                   ev["ts"], bool(get("copy")))
                     if g.origin_key is None or key < g.origin_key:
-                        g.origin_key, g.origin = key, cohort_id
+                        g.origin_key, g.origin = key, cohort_id and pool(cohort_id, cohort_id)
                     if not get("copy") and get("source", "run") == "run":
                         stage, model = get("stage"), get("llm_model_id")
                         calls.append((ev["ts"], ev["event_id"], (
