@@ -13,6 +13,7 @@ handlers or frees its heap piece by piece (os._exit: the kernel takes the memory
 dies with the process that forked it (pipeline.lifeline), so an interrupted parent leaves no child
 working on.
 """
+import ctypes
 import marshal
 import mmap
 import os
@@ -107,6 +108,25 @@ class Job:
         _, status = os.waitpid(self.pid, 0)   # retried on EINTR (PEP 475)
         self.pid = None
         return status
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> None:
+    """Have this process's allocator (glibc) keep the memory it frees for reuse, big blocks
+    included, rather than hand it back to the kernel and take a page fault for each 4 KB it
+    touches again (about 3 us each on a virtual machine): for a short-lived worker that makes and
+    drops big buffers, like a full replay (a third fewer page faults while reading the log). Only
+    both settings together do it: setting either alone turns off glibc's adjusting of the other.
+    Does nothing where there is no mallopt."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)   # glibc's largest: blocks up to 32 MB come from the heap
 
 
 def _memory_file():

@@ -28,7 +28,7 @@ from pathlib import Path
 from . import fold_state
 from .errors import StoreError
 from .events import EVENT_TYPES, ReadStats, iter_segments
-from .forked import Job
+from .forked import Job, keep_freed_memory
 from .fsio import remove_stale_tmp, write_if_changed
 
 LINEAGE = ("stage", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
@@ -594,6 +594,7 @@ def _replay_full(events_dir, tables_dir, skip_bad) -> ReplayStats:
 
 
 def _replay_full_answer(events_dir, tables_dir, skip_bad) -> tuple:
+    keep_freed_memory()   # this process ends with the replay: what it frees is only reused
     stats = _replay_full_here(events_dir, tables_dir, skip_bad, keep=_KEPT)
     return astuple(stats.read), stats.rows, stats.version_after
 

@@ -1,11 +1,12 @@
 """A forked child's answer, its error and its end, as the replay's helpers rely on them."""
 import os
+import resource
 import signal
 
 import pytest
 
 from pipeline.errors import StoreError
-from pipeline.forked import ChildError, Job
+from pipeline.forked import ChildError, Job, keep_freed_memory
 
 
 def no_child_left():
@@ -47,3 +48,19 @@ def test_a_killed_child_is_a_clear_error_and_abort_reaps_a_running_one():
     job = Job.start(lambda: signal.pause())
     job.abort()
     assert job.pid is None and no_child_left()
+
+
+def _faults_of_a_buffer_made_again(keep):
+    if keep:
+        keep_freed_memory()
+    size = 16 << 20
+    bytearray(size)   # made and dropped
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    bytearray(size)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_a_worker_keeping_freed_memory_makes_a_big_buffer_again_without_page_faults():
+    pages = (16 << 20) // resource.getpagesize()
+    assert Job.start(_faults_of_a_buffer_made_again, False).result() > pages // 2   # glibc's default
+    assert Job.start(_faults_of_a_buffer_made_again, True).result() < pages // 20
