@@ -122,8 +122,8 @@ class Fold:
         self.calls = []     # (ts, event_id, row)
         self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merge()'s, rendered there
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
-        self.pool = {}
-        self.one_cohort = {}
+        self.pool = {}         # value -> the one copy of it the fold keeps (add's pool)
+        self.one_cohort = {}   # cohort_id -> the frozenset of it alone, shared by its generations
 
     def add(self, pairs) -> "Fold":
         """Fold ``((ts, segment, position), event)`` pairs (pipeline.events.scan_lines), in any order."""
@@ -160,9 +160,10 @@ class Fold:
             if status is not None:
                 if key > g.status_key:
                     g.status_key, g.status = key, status
-                    stage, combo, template, model = get("stage"), get("combo_id"), get("template_id"), get("llm_model_id")
-                    g.lineage = (pool(stage, stage), get("parent_gen_id"), pool(combo, combo), pool(template, template),
-                                 pool(model, model), get("replicate"))
+                    stage, combo = get("stage"), get("combo_id")
+                    template, model = get("template_id"), get("llm_model_id")
+                    g.lineage = (pool(stage, stage), get("parent_gen_id"), pool(combo, combo),
+                                 pool(template, template), pool(model, model), get("replicate"))
                     if status == "failed":
                         g.error = ": ".join(str(part) for part in (get("error_class"), get("error"))
                                             if part)
