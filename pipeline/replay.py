@@ -128,8 +128,8 @@ class Fold:
     def add(self, pairs) -> "Fold":
         """Fold ``((ts, segment, position), event)`` pairs (pipeline.events.scan_lines), in any order."""
         gens, cohorts, calls = self.gens, self.cohorts, self.calls
-        # values repeated across generations are kept once: a copy per generation was a fifth
-        # of the fold's memory, and memory is paid for again in page faults
+        # values repeated across generations are kept once (with the flat listings, the 1M log's
+        # fold fell from 1,255 to 1,098 MB): memory is paid for again in page faults
         pool, one = self.pool.setdefault, self.one_cohort
         for key, ev in pairs:
             get = ev.get
@@ -358,27 +358,27 @@ def _bool(value):
     return {True: "true", False: "false"}.get(value, value)
 
 
-def _listing(ev, pool=None) -> dict:
-    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins), with
-    the values ``pool`` (a dict's setdefault) has kept once."""
+def _listing(ev, pool) -> dict:
+    """gen_id -> LINEAGE values for each member of a cohort_built event (a later row wins), each
+    repeated value the one copy ``pool`` (Fold.add's) keeps."""
     fields = list(ev.get("member_fields") or [])
     if "gen_id" not in fields:
         return {}
     gen_at = fields.index("gen_id")
     # A column for each LINEAGE field; one the cohort does not list reads as None.
     pick = itemgetter(*(fields.index(f) if f in fields else len(fields) for f in LINEAGE))
-    listing = {values[gen_at]: pick(values + [None]) for values in ev.get("members") or []}
-    if pool is not None:
-        for gen_id, (stage, parent, combo, template, model, replicate) in listing.items():
-            listing[gen_id] = (pool(stage, stage), parent, pool(combo, combo), pool(template, template),
-                               pool(model, model), replicate)
+    listing = {}
+    for values in ev.get("members") or []:
+        stage, parent, combo, template, model, replicate = pick(values + [None])
+        listing[values[gen_at]] = (pool(stage, stage), parent, pool(combo, combo), pool(template, template),
+                                   pool(model, model), replicate)
     return listing
 
 
 def _listings(cohorts) -> dict:
     """gen_id -> its listing over the latest cohort_built of each cohort: (cohort_id, event key,
-    LINEAGE values) for a generation one cohort lists (most: a dict each cost a fifth of a
-    replay's memory), else {cohort_id: (event key, LINEAGE values)} (_listing_dict)."""
+    LINEAGE values) for a generation one cohort lists (most: a dict each is 380k dicts on the 1M
+    log), else {cohort_id: (event key, LINEAGE values)} (_listing_dict)."""
     listings = {}
     for cohort_id, (key, listing_of) in cohorts.items():
         for gen_id, lin in listing_of.items():
@@ -403,9 +403,7 @@ def _listing_dict(listing) -> dict:
 def _member(listing) -> tuple:
     """(lineage from the newest cohort listing the generation, set of the cohort_ids listing it),
     from a listing as _listings gives it or its _listing_dict."""
-    if type(listing) is tuple:
-        cohort_id, _, lin = listing
-        return lin, set() if cohort_id is None else {cohort_id}
+    listing = _listing_dict(listing)
     if len(listing) == 1:
         (cohort_id, (_, lin)), = listing.items()
         return lin, set() if cohort_id is None else {cohort_id}
@@ -652,7 +650,7 @@ def _state_parts(fold, listings, members, lineage) -> tuple:
                     # lineage from the events
                     listing = (cohort_id, key)
                 else:
-                    listing = {cohort_id: (key, lin)}
+                    listing = _listing_dict(listing)
             yield gen_id, (g.keys, listing)
         for gen_id in listings.keys() - fold.gens.keys():
             yield gen_id, (None, _listing_dict(listings[gen_id]))
