@@ -48,7 +48,7 @@ STATE_FILE = "_fold_state.sqlite"
 _OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
-VERSION = 4
+VERSION = 5
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 128   # now that records are small: fewer, bigger shards marshal faster
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)

@@ -261,7 +261,8 @@ def _resolve(fold_gens, listings) -> tuple:
         elif type(listing) is tuple:
             # most generations: listed by a cohort their events name, with their events' lineage
             cohort_id, _, lin = listing
-            if lin == g.lineage and cohort_id in g.cohorts:
+            # (the replicate's type too: 1 == 1.0 == True, and the state keeps the events' one)
+            if lin == g.lineage and cohort_id in g.cohorts and type(lin[-1]) is type(g.lineage[-1]):
                 continue
         members[gen_id] = _member(listing)
     lineage = {}
@@ -638,22 +639,13 @@ def _state_parts(fold, listings, members, lineage) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
     records are (gen_id, (positions of its events, listing)) pairs: an incremental replay reads
     the events back (fold_state.events_at), folds them again and calls saved_record()."""
-    def records():
-        get = listings.get
-        for gen_id, g in fold.gens.items():
-            listing = get(gen_id)
-            if type(listing) is tuple:
-                cohort_id, key, lin = listing
-                if gen_id not in members and type(lin[-1]) is type(g.lineage[-1]):   # replicate: 1 == 1.0 == True
-                    # most generations: listed by one cohort their events name, with the lineage of
-                    # their events (_resolve), saved as (cohort_id, key): saved_record takes the
-                    # lineage from the events
-                    listing = (cohort_id, key)
-                else:
-                    listing = _listing_dict(listing)
-            yield gen_id, (g.keys, listing)
-        for gen_id in listings.keys() - fold.gens.keys():
-            yield gen_id, (None, _listing_dict(listings[gen_id]))
+    get = listings.get
+    # most generations are listed by one cohort their events name, with their events' lineage (so
+    # not in members: _resolve): saved as the cohort_id alone, half the bytes of (cohort_id, key);
+    # saved_record takes the key from the cohort's entry and the lineage from the events
+    records = [(gen_id, (g.keys, listing[0] if type(listing := get(gen_id)) is tuple and gen_id not in members
+                         else listing and _listing_dict(listing))) for gen_id, g in fold.gens.items()]
+    records += [(gen_id, (None, _listing_dict(listings[gen_id]))) for gen_id in listings.keys() - fold.gens.keys()]
 
     children = {}
     for gen_id, lin in lineage.items():
@@ -662,22 +654,25 @@ def _state_parts(fold, listings, members, lineage) -> tuple:
             children.setdefault(parent, []).append(gen_id)
     cohorts = {cohort_id: (key, list(listing), fold.cohort_events[cohort_id])
                for cohort_id, (key, listing) in fold.cohorts.items()}
-    return records(), children, cohorts
+    return records, children, cohorts
 
 
 _LINEAGE_AT = _Gen.__slots__.index("lineage")
 
 
-def saved_record(record, gen):
+def saved_record(record, gen, cohort_keys):
     """(values, listing) from a record as _state_parts saved it - (the positions of its events,
     listing) - and ``gen``, the _Gen folded from those events (None: it has none): the values are
-    gen's, the listing a dict again."""
+    gen's, the listing a dict again; ``cohort_keys``: cohort_id -> the key of its latest
+    cohort_built, for a listing saved as a cohort_id alone (a cohort built again has every member's
+    record saved anew, pipeline.replay_delta, so the key is the one the record was saved with)."""
     if record is None:
         return None
     values, listing = (None if gen is None else _VALUES(gen)), record[1]
-    if type(listing) is tuple:
-        cohort_id, key = listing
-        listing = {cohort_id: (key, values[_LINEAGE_AT])}
+    if type(listing) is str:
+        if listing not in cohort_keys:
+            raise fold_state.StateError(f"no entry for cohort {listing!r}")
+        listing = {listing: (cohort_keys[listing], values[_LINEAGE_AT])}
     return values, listing
 
 

@@ -115,8 +115,10 @@ class _Update:
                 self.old_ids[gen_id] = {ev["event_id"] for _, ev in pairs}
             for ts, event_id, row in fold.calls:
                 self.old_calls.setdefault(row[2], []).append((ts, event_id))
+            cohorts = self.state.cohorts({r[1] for r in found.values() if type(r[1]) is str})
+            keys = {cohort_id: entry[0] for cohort_id, entry in cohorts.items()}
             for gen_id in missing:
-                self.old[gen_id] = saved_record(found.get(gen_id), fold.gens.get(gen_id))
+                self.old[gen_id] = saved_record(found.get(gen_id), fold.gens.get(gen_id), keys)
 
     def record(self, gen_id, new=True):
         if new and gen_id in self.new:
