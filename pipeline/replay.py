@@ -452,15 +452,19 @@ def _score_totals(scores) -> tuple:
     (pivot index -> ({evaluation column: scores}, its scores), {evaluation column: its number of
     scores}, {(evaluation template, evaluation llm): its scores})."""
     pivot_cells, columns, cells = {}, {}, {}
-    pick = itemgetter(*_PIVOT_AT)
+    pick, judge = itemgetter(*_PIVOT_AT), itemgetter(_EVAL_TEMPLATE_AT, _EVAL_LLM_AT)
+    by_judge = {}   # (evaluation template, llm) -> (its column, its cell's scores): a few, not one a row
     for s in scores:
         index = pick(s)
         if None in index:  # None cannot be sorted with text
             index = tuple(v or "" for v in index)
         score = float(s[_SCORE_AT])
-        column = _pivot_column(s)
+        column_cell = by_judge.get(judge(s))
+        if column_cell is None:
+            column_cell = by_judge[judge(s)] = (_pivot_column(s), cells.setdefault(_model_template_cell(s), []))
+        column = column_cell[0]
+        column_cell[1].append(score)
         columns[column] = columns.get(column, 0) + 1
-        cells.setdefault(_model_template_cell(s), []).append(score)
         cell = pivot_cells.get(index)
         if cell is None:
             pivot_cells[index] = ({column: [score]}, [score])
