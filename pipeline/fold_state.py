@@ -41,7 +41,7 @@ from pathlib import Path
 from .errors import StoreError
 from .events import ReadStats, _split_lines, iter_segments, scan_lines
 from .forked import ChildError, Job
-from .fsio import new_tmp, write_bytes_atomic, write_if_changed
+from .fsio import new_tmp, write_bytes_atomic, write_pieces_if_changed
 
 STATE_FILE = "_fold_state.sqlite"
 # written by earlier versions (the fold, the cross-experiment row lines): removed on a full replay
@@ -270,8 +270,8 @@ def open_state(tables_dir, events_dir):
 
 def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
     """Begin replacing the saved state. A forked child (the machine's other core) writes
-    ``files`` - (path, function returning its text) pairs: tables the caller hands over, written
-    as fsio.write_if_changed writes them - and calls ``parts()`` - (records: (gen_id, record)
+    ``files`` - (path, function returning its text in pieces) pairs: tables the caller hands over,
+    written as fsio.write_pieces_if_changed writes them - and calls ``parts()`` - (records: (gen_id, record)
     pairs, children: parent -> gen_ids, cohorts: cohort_id -> entry) for ``n_records`` records -
     and writes them to a new file while this process goes on (pipeline.replay writes the other
     tables meanwhile); PendingState.finish(state, meta) then sets ``state.meta = meta()``, adds it
@@ -283,9 +283,9 @@ def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
     tmp = new_tmp(path)   # made here: its name carries this (live) process's pid, not the child's
 
     def write():
-        for file, text in files:
+        for file, pieces in files:
             # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
-            write_if_changed(file, text(), fsync=False)
+            write_pieces_if_changed(file, pieces(), fsync=False)
         _write_records(tmp, size - 1, *parts())
 
     pending = PendingState(path, tmp, size - 1, None)

@@ -54,9 +54,7 @@ def _write_tmp(path, data: bytes, fsync: bool = True, reuse=None) -> str:
             if callable(data):   # a writer given the file descriptor (a splice copying ranges)
                 data(fd)
             else:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -68,6 +66,12 @@ def _write_tmp(path, data: bytes, fsync: bool = True, reuse=None) -> str:
             raise _cannot_write(path, exc) from None
         raise
     return tmp
+
+
+def _write_all(fd, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _cannot_write(path, exc) -> StoreError:
@@ -213,13 +217,38 @@ def _rename_noreplace(tmp, path):
 
 def write_if_changed(path, text: str, fsync: bool = True) -> bool:
     """Atomic write that leaves the file (and its mtime) alone when the content is equal."""
-    path = Path(path)
+    return write_pieces_if_changed(path, (text,), fsync)
+
+
+def write_pieces_if_changed(path, pieces, fsync: bool = True) -> bool:
+    """write_if_changed for text given as an iterable of str pieces, written one by one and never
+    joined: a big table's whole text, and its bytes, were each as much fresh memory as the file
+    (page faults cost more than the rendering saved). A piece is kept only while the file's
+    start equals what came so far; True when the file was written.
+
+        >>> write_pieces_if_changed(path, ("a,b\n", "1,2\n"))
+    """
+    pieces = iter(pieces)
+    kept = []   # the pieces equal to the file's start: written only once one differs
     try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (OSError, UnicodeDecodeError):   # none, unreadable or a folder: the write says which
+        with open(path, "rb") as old:
+            for piece in pieces:
+                kept.append(piece.encode("utf-8"))
+                if old.read(len(kept[-1])) != kept[-1]:
+                    break
+            else:
+                if not old.read(1):
+                    return False
+    except OSError:   # none, unreadable or a folder: the write says which
         pass
-    write_text_atomic(path, text, fsync)
+
+    def write(fd):
+        for data in kept:
+            _write_all(fd, data)
+        kept.clear()
+        for piece in pieces:
+            _write_all(fd, piece.encode("utf-8"))
+    write_bytes_atomic(path, write, fsync)
     return True
 
 

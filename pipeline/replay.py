@@ -29,7 +29,7 @@ from . import fold_state
 from .errors import StoreError
 from .events import EVENT_TYPES, ReadStats, iter_segments
 from .forked import Job, keep_freed_memory
-from .fsio import remove_stale_tmp, write_if_changed
+from .fsio import remove_stale_tmp, write_pieces_if_changed
 
 LINEAGE = ("stage", "parent_gen_id", "combo_id", "template_id", "llm_model_id", "replicate")
 EVAL_LINEAGE = ("gen_id", "essay_gen_id", "draft_gen_id", "combo_id", "draft_template", "draft_llm",
@@ -338,14 +338,17 @@ def _call_lines(calls) -> list:
     return [(ts, event_id, line) for (ts, event_id, _), line in zip(calls, lines)]
 
 
-def _calls_csv(fold) -> str:
-    """llm_calls.csv for ``fold``'s calls and call_lines."""
+def _calls_csv(fold):
+    """llm_calls.csv for ``fold``'s calls and call_lines, in pieces (csv_pieces)."""
     if not fold.call_lines:   # nothing merged: the rows as they are
-        return to_csv(*_calls_table(fold.calls))
+        yield from csv_pieces(*_calls_table(fold.calls))
+        return
     lines = fold.call_lines + _call_lines(fold.calls)
     lines.sort()   # by (ts, event_id): unique, so lines are never compared
-    # one join (lines is not empty here): a copy of each line ending in "\n" took a third longer
-    return to_csv(COLUMNS["llm_calls"], ()) + "\n".join(map(itemgetter(2), lines)) + "\n"
+    yield to_csv(COLUMNS["llm_calls"], ())
+    for at in range(0, len(lines), _PIECE_ROWS):
+        # one join a piece: a copy of each line ending in "\n" took a third longer
+        yield "\n".join(map(itemgetter(2), lines[at:at + _PIECE_ROWS])) + "\n"
 
 
 def fold(pairs) -> dict:
@@ -507,15 +510,26 @@ def _model_template_table(means) -> tuple:
 def to_csv(columns, rows) -> str:
     """CSV text: header, then tuples as they are. None is written empty and floats as repr,
     the shortest text that reads back as the same float - fixed for a given value."""
+    return "".join(csv_pieces(columns, rows))
+
+
+_PIECE_ROWS = 4096   # rows rendered at a time: their text fits in memory freed by the last piece
+
+
+def csv_pieces(columns, rows):
+    """to_csv's text in pieces (header, then some rows at a time), for fsio.write_pieces_if_changed."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    rows = list(rows)   # read twice when it comes to csv.writer
-    lines = _plain_lines(rows, len(columns))
-    if lines is None:
-        writer.writerows(rows)
-        return out.getvalue()
-    return out.getvalue() + lines   # one copy of the lines: written to ``out`` they took two
+    csv.writer(out, lineterminator="\n").writerow(columns)
+    yield out.getvalue()
+    rows = rows if type(rows) is list else list(rows)
+    for at in range(0, len(rows), _PIECE_ROWS):
+        piece = rows[at:at + _PIECE_ROWS]
+        lines = _plain_lines(piece, len(columns))
+        if lines is None:
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows(piece)
+            lines = out.getvalue()
+        yield lines
 
 
 def _plain_lines(rows, width):
@@ -626,7 +640,7 @@ def _replay_full_here(events_dir, tables_dir, skip_bad, keep=None) -> ReplayStat
         tables, totals = _tables(gens, members, lineage)
         for name, (columns, rows) in tables.items():
             # no fsync: a table lost to a power cut is rebuilt by `daydream replay --full`
-            write_if_changed(tables_dir / f"{name}.csv", to_csv(columns, rows), fsync=False)
+            write_pieces_if_changed(tables_dir / f"{name}.csv", csv_pieces(columns, rows), fsync=False)
             stats.rows[name] = len(rows)
         stats.rows["llm_calls"] = len(fold.calls) + len(fold.call_lines)
         meta = _meta(stats, totals)   # while the child may still be writing

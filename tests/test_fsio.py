@@ -59,3 +59,17 @@ def test_write_once_never_replaces_and_leaves_no_temp_file(tmp_path, monkeypatch
     assert fsio.write_text_once(target, "second answer") is False
     assert target.read_text(encoding="utf-8") == "first answer"
     assert sorted(p.name for p in target.parent.iterdir()) == ["raw.txt"]
+
+
+def test_written_in_pieces_only_when_the_text_differs(tmp_path):
+    """A table written in pieces: an equal text leaves the file and its mtime alone, whatever the
+    pieces; a text that differs anywhere, or is shorter or longer, replaces it; no temp file stays."""
+    path = tmp_path / "t.csv"
+    assert fsio.write_pieces_if_changed(path, ["a,b\n", "1,2\n", "3,4\n"]) is True
+    os.utime(path, ns=(10**9, 10**9))
+    assert fsio.write_pieces_if_changed(path, ["a,b\n1", ",2\n3,4", "\n"]) is False
+    assert path.stat().st_mtime_ns == 10**9
+    for text in (["a,b\n", "1,2\n"], ["a,b\n", "1,2\n3,4\n", "5,6\n"], ["a,b\n", "1,9\n", "3,4\n"], []):
+        assert fsio.write_pieces_if_changed(path, text) is True
+        assert path.read_text() == "".join(text)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]

@@ -335,11 +335,16 @@ def test_cli_reports_a_bad_payload_by_file_and_line(tmp_path, capsys):
     assert "1 bad lines skipped" in capsys.readouterr().out
 
 
-def test_to_csv_writes_what_csv_writer_writes_for_any_values():
+@pytest.mark.parametrize("piece_rows", [4096, 2])
+def test_to_csv_writes_what_csv_writer_writes_for_any_values(monkeypatch, piece_rows):
+    """Also when the rows are rendered a few at a time (csv_pieces), some pieces quoted, some not."""
     import io
     import random
 
+    from pipeline import replay as replay_module
     from pipeline.replay import to_csv
+
+    monkeypatch.setattr(replay_module, "_PIECE_ROWS", piece_rows)
 
     values = [None, "a", "", ",", '"', "x\ny", "\r", "None", " s ", 1, 0, -0.0, 1.5, float("nan"), True, 10**20]
     rng = random.Random(1)
@@ -348,7 +353,7 @@ def test_to_csv_writes_what_csv_writer_writes_for_any_values():
         columns = tuple(f"c{i}" for i in range(width))
         # mostly rows as wide as the header, some not
         rows = [tuple(rng.choice(values) for _ in range(rng.choice((width, width, width, width + 1))))
-                for _ in range(rng.randint(0, 3))]
+                for _ in range(rng.randint(0, 5))]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
