@@ -33,8 +33,10 @@ import os
 import resource
 import shutil
 import sqlite3
+import sys
 import time
 import zlib
+from array import array
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 
@@ -49,6 +51,8 @@ _OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
 VERSION = 5
+# what a state was saved with: its positions are 8-byte integers in this machine's byte order
+_FORMAT = (VERSION, sys.byteorder)
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 128   # now that records are small: fewer, bigger shards marshal faster
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
@@ -201,7 +205,7 @@ def events_at(state, positions) -> dict:
     events_dir, rels = Path(state.events_dir), {seg.index: rel for rel, seg in state.segments.items()}
     wanted = {}   # segment index -> [(offset, gen_id)]
     for gen_id, at in positions.items():
-        for position in at:
+        for position in array("q", at):   # saved as the bytes of an array (pipeline.replay._Gen.keys)
             wanted.setdefault(position >> _OFFSET_BITS, []).append((position & _OFFSET_MASK, gen_id))
     found = {gen_id: [] for gen_id in positions}
     for index, at in wanted.items():
@@ -238,7 +242,7 @@ def _line_at(fd, offset, end) -> bytes:
 
 def _meta_rows(state) -> list:
     return [(k, _pack(v)) for k, v in (
-        ("version", VERSION), ("events_dir", state.events_dir), ("mask", state.mask),
+        ("version", _FORMAT), ("events_dir", state.events_dir), ("mask", state.mask),
         ("segments", {rel: astuple(seg) for rel, seg in state.segments.items()}), ("replay", state.meta))]
 
 
@@ -255,7 +259,7 @@ def open_state(tables_dir, events_dir):
         db.execute("PRAGMA synchronous = OFF")   # derived data: a power cut costs a full replay
         db.execute("BEGIN IMMEDIATE")   # one replay at a time: the second waits, then reads this one's state
         meta = {k: _unpack(v) for k, v in db.execute("SELECT k, v FROM meta")}
-        if meta.get("version") != VERSION or meta.get("events_dir") != str(Path(events_dir).resolve()):
+        if meta.get("version") != _FORMAT or meta.get("events_dir") != str(Path(events_dir).resolve()):
             db.close()
             return None
         segments = {rel: Segment(*seg) for rel, seg in meta["segments"].items()}

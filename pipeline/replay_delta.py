@@ -225,9 +225,8 @@ class _Update:
         if any(ev["event_id"] in folded for _, ev in pairs):
             raise _GiveUp("an event already folded appears again")
         fold = Fold()
+        # (_gen_from copies the positions Fold.add appends to: the old records stay as they were)
         fold.gens = {g: _gen_from(r[0]) for g in gen_ids if (r := self.old[g]) is not None and r[0] is not None}
-        for g in fold.gens.values():   # Fold.add changes these in place; the old records must stay
-            g.keys = list(g.keys)
         fold.cohorts = {c: (entry[0], None) for c, entry in old_cohorts.items()}
         fold.add(pairs)
         self.calls = fold.calls

@@ -364,5 +364,8 @@ def test_to_csv_writes_what_csv_writer_writes_for_any_values(monkeypatch, piece_
 def test_a_generation_rebuilt_from_its_values_has_the_same_values():
     from pipeline.replay import _VALUES, _Gen, _gen_from
 
-    values = tuple(f"v{i}" for i in range(len(_Gen.__slots__)))
-    assert _VALUES(_gen_from(values)) == values
+    from array import array
+
+    values = tuple(f"v{i}" for i in range(len(_Gen.__slots__) - 1)) + (array("q", [1, 2 << 40]),)
+    assert _Gen.__slots__[-1] == "keys" and _VALUES(_gen_from(values)) == values
+    assert _VALUES(_gen_from(values[:-1] + (values[-1].tobytes(),))) == values   # as marshal hands them over
