@@ -545,7 +545,8 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) 
                              or os.pread(fh.fileno(), len(seg.tail), seg.size - len(seg.tail)) != seg.tail):
                 log.info("%s changed before the part already replayed; replaying the whole log", path)
                 return False
-            end = os.fstat(fh.fileno()).st_size if stop is None or i < len(segments) - 1 else stop
+            size_now = os.fstat(fh.fileno()).st_size
+            end = size_now if stop is None or i < len(segments) - 1 else stop
             if end <= seg.size and incremental:
                 continue
             stats.segments += 1
@@ -556,8 +557,9 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) 
                 if open_line and lines[0]:
                     return False  # text after a complete last line: the line is no longer what was folded
                 torn_before = len(stats.torn)
+                # a torn last line is the segment's: the line before ``stop`` (a line's start) is whole
                 sink.add(scan_lines(path, rel, lines, newlines + 1, seg.index << _OFFSET_BITS | size, seen,
-                                    stats, skip_bad, final=last))
+                                    stats, skip_bad, final=last and end == size_now))
                 if incremental and stats.duplicates != duplicates:
                     log.info("an event appears twice in the log; replaying the whole log")
                     return False

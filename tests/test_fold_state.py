@@ -365,6 +365,34 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
             replay(events, tmp_path / "bad", full=True)
 
 
+def test_a_bad_line_just_before_the_split_is_an_error_not_a_torn_write(tmp_path, monkeypatch):
+    """The line before the byte where the child starts is whole (the split is at a line's start):
+    a malformed one there is the same error, or the same skipped bad line, as in a one-process read,
+    not a torn last line skipped with a warning."""
+    import pytest
+
+    from pipeline import fold_state
+    from pipeline.events import EventLogError
+
+    events = tmp_path / "events"
+    generate(events, 3000, writers=1, seed=3)
+    segment, = (events / "2025-01-01").iterdir()
+    lines = segment.read_bytes().split(b"\n")
+    lines[1499] = b'{"event_id": "cut", "schema": 1'
+    segment.write_bytes(b"\n".join(lines))
+    cut = sum(len(line) + 1 for line in lines[:1500])   # line 1501 starts there
+    monkeypatch.setattr(fold_state, "_line_start", lambda path, at: cut)
+    monkeypatch.setattr(fold_state, "PARALLEL_BYTES", 0)
+    bad = []
+    for spare in (False, True):
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        with pytest.raises(EventLogError, match=rf"{segment.name}:1500: malformed event \(invalid JSON"):
+            replay(events, tmp_path / f"error-{spare}", full=True)
+        stats = replay(events, tmp_path / f"skip-{spare}", full=True, skip_bad=True)
+        bad.append((stats.read.bad, stats.read.torn, stats.read.events))
+    assert bad[0] == bad[1] and len(bad[0][0]) == 1 and not bad[0][1]
+
+
 def test_one_big_segment_is_read_by_two_processes_split_at_a_line(tmp_path, monkeypatch):
     """A log of one segment (one long-lived writer) is shared out too: the child reads its end
     from a line's start; tables, counts and the saved state equal a one-process read's."""
