@@ -21,19 +21,24 @@ gen_id, each with a checksum, so looking up a few generations reads a few shards
 foreign or older state means a full replay, never an error.
 
 A full replay uses the machine's second core twice (pipeline.forked): read_all has a forked child
-scan and fold the last CHILD_SHARE of the log's bytes, and save_state has one write the new state
+scan and fold the last CHILD_SHARE of the log's bytes, then pieces off the end of this process's
+part while it would still be done first (_Split), and save_state has one write the new state
 (and a table handed to it) while pipeline.replay writes the other tables.
 """
 import errno
+import fcntl
 import hashlib
 import json
 import logging
 import marshal
+import mmap
 import os
 import resource
 import shutil
 import sqlite3
+import struct
 import sys
+import tempfile
 import time
 import zlib
 from array import array
@@ -57,8 +62,12 @@ _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
 GENS_PER_SHARD = 128   # now that records are small: fewer, bigger shards marshal faster
 # read_all: a smaller log is read by one process (a fork and a merge cost more than they save)
 PARALLEL_BYTES = 16 << 20
-# the child's part costs it a marshal.dumps and this process a loads and a merge: it reads less
-CHILD_SHARE = 0.40
+# the child's part costs it a marshal.dumps and this process a loads and a merge: it starts with
+# less, then takes pieces of STEAL_BYTES off the end of this process's part while it would still be
+# done first, its hand-over (export and marshal: about HANDOVER of its reading time) included
+CHILD_SHARE = 0.34
+STEAL_BYTES = 4 << 20
+HANDOVER = 0.25
 PARALLEL_RECORDS = 50_000   # fewer are saved in well under a second: not worth a fork
 _SCHEMA = ("CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL)",
            "CREATE TABLE shards (n INTEGER PRIMARY KEY, v BLOB NOT NULL)",
@@ -457,9 +466,11 @@ def read_all(state, fold, stats, skip_bad) -> None:
     """read_new from an empty ``state`` into ``fold`` (a pipeline.replay.Fold), with the same
     result; for a big log a forked child (the machine's other core) scans and folds the last
     CHILD_SHARE of the bytes meanwhile - the last segments and the end of one more, from a line's
-    start - and hands its fold over (Fold.export/merge). Whenever the child's part cannot simply
-    be merged - it failed (a bad line: this process then raises the same error), or it holds an
-    event_id of this process's part - this process reads that part itself."""
+    start - then takes pieces off the end of this process's part while it would still finish
+    first (_Split), and hands its fold over (Fold.export/merge). Whenever the child's part cannot
+    simply be merged - it failed (a bad line: this process then raises the same error), it holds
+    an event_id of this process's part, or one twice among the pieces it took (read out of order, it
+    may have kept the later) - this process reads that part itself."""
     events_dir = Path(state.events_dir)
     present = iter_segments(events_dir)
     segments = [(p, p.relative_to(events_dir).as_posix()) for p in present]
@@ -472,13 +483,15 @@ def read_all(state, fold, stats, skip_bad) -> None:
         wanted -= sizes[split]
         split -= 1
     cut = _line_start(present[split], sizes[split] - int(wanted))   # segment `split` is shared at `cut`
-    mine, later = segments[:split + 1], segments[split:]
-    if cut == sizes[split]:
-        later, cut = later[1:], None
-    job = Job.start(_read_part, events_dir, type(fold), later, split, cut, skip_bad)
+    bases = [sum(sizes[:i]) for i in range(len(sizes))]   # each segment's first byte, in the whole log
+    meet = _Split(bases[split] + cut)
+    later = segments[split:] if cut < sizes[split] else segments[split + 1:]
+    job = Job.start(_read_part, events_dir, type(fold), later, split, cut if cut < sizes[split] else None,
+                    skip_bad, meet, segments, sizes)
     try:
         seen = set()
-        _read(state, fold, stats, skip_bad, mine, seen, False, stop=cut)
+        _read(state, fold, stats, skip_bad, segments[:split + 1], seen, False,
+              claim=lambda i, at, end: meet.claim(bases[i] + at, bases[i] + end) - bases[i])
         part = job.result()
     except Exception:   # the part's failure: this process reads it itself and meets it too
         if job.pid is not None:   # this process's own read failed
@@ -489,12 +502,13 @@ def read_all(state, fold, stats, skip_bad) -> None:
         job.abort()
         raise
     if part is None or not seen.isdisjoint(part[2]):
-        _read(state, fold, stats, skip_bad, later, seen, False)
-        stats.segments -= cut is not None   # the shared segment is one
+        first = max(i for i, base in enumerate(bases) if base <= meet.limit)   # where this process stopped
+        _read(state, fold, stats, skip_bad, segments[first:], seen, False)
+        stats.segments = len(segments)
         return
-    exported, (n_segments, lines, events, duplicates, torn, bad, unknown_types), _, part_segments = part
+    exported, (_, lines, events, duplicates, torn, bad, unknown_types), _, part_segments = part
     fold.merge(exported)
-    stats.segments += n_segments - (cut is not None)   # the shared segment is one
+    stats.segments = len(segments)   # each read by one process or the two
     stats.lines += lines
     stats.events += events
     stats.duplicates += duplicates
@@ -506,19 +520,116 @@ def read_all(state, fold, stats, skip_bad) -> None:
     state.next_index = len(segments)
 
 
-def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad) -> tuple:
+class _Split:
+    """Where read_all's two processes meet in the log (offsets count its bytes, segment after
+    segment), moved while they read: this process reads from the start and claims each piece
+    before it reads it; the child, once done with the log's end, takes pieces off the end of this
+    process's part. Shared memory and a lock (lockf: per process) both survive the fork."""
+
+    def __init__(self, limit):
+        self._mem = mmap.mmap(-1, 24)   # shared: front (claimed up to), limit, start time
+        self._lock = tempfile.TemporaryFile()
+        self._mem[:] = struct.pack("qqd", 0, limit, time.perf_counter())
+
+    @property
+    def limit(self) -> int:
+        return struct.unpack("qqd", self._mem[:])[1]
+
+    def _locked(self, fn):
+        fcntl.lockf(self._lock, fcntl.LOCK_EX)
+        try:
+            front, limit, start = struct.unpack("qqd", self._mem[:])
+            front, limit = fn(front, limit, time.perf_counter() - start)
+            self._mem[:16] = struct.pack("qq", front, limit)
+            return front, limit
+        finally:
+            fcntl.lockf(self._lock, fcntl.LOCK_UN)
+
+    def claim(self, at, end) -> int:
+        """How far this process may read from ``at`` (all before it claimed) towards ``end``."""
+        return self._locked(lambda front, limit, _: (max(front, min(end, limit)), limit))[0]
+
+    def take(self, choose):
+        """The child's next piece, (start, end), or None: ``choose(front, limit, seconds since the
+        start)`` gives the piece's start (a line's start at or after ``front``), or None."""
+        taken = []
+
+        def fn(front, limit, elapsed):
+            start = choose(front, limit, elapsed)
+            if start is None or start >= limit:
+                return front, limit
+            taken.append((start, limit))
+            return front, start
+        self._locked(fn)
+        return taken[0] if taken else None
+
+
+def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet=None, every=(), sizes=()) -> tuple:
     """read_all's child: ``segments`` (the first from byte ``start``, when not None) read into a new
-    fold, exported with what read_all adds up."""
+    fold, then pieces taken off the end of the other process's part (``meet``, a _Split over the
+    log's ``every`` segment, of ``sizes``), exported with what read_all adds up; None when a piece taken
+    held an event_id met before (read_all then reads this part itself, in order)."""
     part, stats, seen, state = fold_type(), ReadStats(), set(), FoldState.empty(events_dir)
     state.next_index = first_index   # the numbers these segments get in a one-process read
+    known = {}   # relative path -> (offset, newlines before it) of the first byte this process read
     if start is not None:   # the bytes before it, as a read up to there would have left them
         with open(segments[0][0], "rb") as fh:
             before = fh.read(start)
         state.segments[segments[0][1]] = Segment(size=start, newlines=before.count(b"\n"), head=before[:_EDGE],
                                                  tail=before[-_EDGE:], index=first_index)
+        known[segments[0][1]] = (start, before.count(b"\n"))
         state.next_index += 1
     _read(state, part, stats, skip_bad, segments, seen, False)
+    if meet is not None and not _take_pieces(meet, state, part, stats, skip_bad, seen, every, sizes, known):
+        return None
     return part.export(), astuple(stats), list(seen), {rel: astuple(seg) for rel, seg in state.segments.items()}
+
+
+def _take_pieces(meet, state, part, stats, skip_bad, seen, every, sizes, known) -> bool:
+    """_read_part's pieces off the end of the other process's part (_Split.take), each from a
+    line's start and inside one segment, read with their true line numbers; their bad and torn
+    lines listed in the log's order. False when one held an event_id met before."""
+    bases = [sum(sizes[:i]) for i in range(len(sizes))]
+    read_bytes = sum(sizes) - meet.limit
+    bad, torn, duplicates = stats.bad, stats.torn, stats.duplicates
+
+    since = []   # (seconds, front) at the first choice: the other process's rate is taken from there on
+
+    def choose(front, limit, elapsed):
+        i = max(j for j, base in enumerate(bases) if base < limit)   # the segment of the byte before limit
+        at = bases[i] + _line_start(every[i][0], max(limit - STEAL_BYTES, front, bases[i]) - bases[i])
+        size = limit - at
+        if size <= 0:
+            return None
+        if not since:
+            since.append((elapsed, front))
+        then, was = since[0]
+        # its later segments may be slower than its first: its recent rate once there is one
+        rate = (front - was) / (elapsed - then) if elapsed - then >= 0.5 and front > was else front / elapsed
+        mine = (size + HANDOVER * (read_bytes + size)) / (read_bytes / elapsed)   # this piece and the hand-over
+        return at if not rate or mine <= (limit - front - size) / rate else None
+
+    while (piece := meet.take(choose)) is not None:
+        start, end = piece
+        i = max(j for j, base in enumerate(bases) if base <= start)
+        path, rel = every[i]
+        a, b = start - bases[i], end - bases[i]
+        with open(path, "rb") as fh:
+            if rel not in known:   # the segment's end: count its lines once
+                known[rel] = (b, os.pread(fh.fileno(), b, 0).count(b"\n"))
+            newlines = known[rel][1] - os.pread(fh.fileno(), b - a, a).count(b"\n")
+            head, tail = os.pread(fh.fileno(), _EDGE, 0), os.pread(fh.fileno(), min(a, _EDGE), a - min(a, _EDGE))
+        known[rel] = (a, newlines)
+        before = state.segments.get(rel)
+        state.segments[rel] = Segment(size=a, newlines=newlines, head=head, tail=tail, index=i)
+        stats.bad, stats.torn = [], []
+        _read(state, part, stats, skip_bad, [(path, rel)], seen, False, stop=b)
+        bad, torn = stats.bad + bad, stats.torn + torn   # this piece is before those read so far
+        if b < sizes[i]:   # the segment's summary is the one its end's read left
+            state.segments[rel] = before
+        read_bytes += b - a
+    stats.bad, stats.torn = bad, torn
+    return stats.duplicates == duplicates
 
 
 def _line_start(path, at) -> int:
@@ -530,9 +641,11 @@ def _line_start(path, at) -> int:
         return min(at + len(_line_at(fh.fileno(), at - 1, size)), size)
 
 
-def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) -> bool:
+def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None, claim=None) -> bool:
     """read_new over ``segments`` ((path, relative path) pairs), the last one only up to byte
-    ``stop`` when it is not None (a line's start); ``seen``: the event_ids met so far."""
+    ``stop`` when it is not None (a line's start); ``seen``: the event_ids met so far. ``claim(i,
+    at, end)``: how far segment i may be read from ``at`` towards ``end``; once short of its end,
+    the segments after it are left unread."""
     duplicates = stats.duplicates
     for i, (path, rel) in enumerate(segments):
         seg = state.segments.get(rel)
@@ -552,7 +665,7 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) 
             stats.segments += 1
             fh.seek(seg.size)
             size, newlines, head, tail, open_line = seg.size, seg.newlines, seg.head, seg.tail, seg.open_line
-            for raw, last in _pieces(fh, end):
+            for raw, last in _pieces(fh, end, claim and (lambda at, upto: claim(i, at, upto))):
                 lines = _split_lines(raw)
                 if open_line and lines[0]:
                     return False  # text after a complete last line: the line is no longer what was folded
@@ -571,20 +684,27 @@ def _read(state, sink, stats, skip_bad, segments, seen, incremental, stop=None) 
                 head, tail = (head + folded[:_EDGE])[:_EDGE], (tail + folded[-_EDGE:])[-_EDGE:]
                 if folded:
                     open_line = not folded.endswith(b"\n")
+            stopped = claim is not None and fh.tell() < end
         state.segments[rel] = Segment(size=size, newlines=newlines, open_line=open_line, head=head, tail=tail,
                                       index=seg.index)
+        if stopped:   # the rest is another process's
+            break
     return True
 
 
 _PIECE = 8 << 20   # a segment is read this much at a time: buffers this size are reused, not mapped anew
 
 
-def _pieces(fh, end):
+def _pieces(fh, end, claim=None):
     """(bytes, last) for the bytes from ``fh``'s position up to ``end``, in pieces of about _PIECE
-    that end at a newline - but the last, which ends at ``end``."""
+    that end at a newline - but the last, which ends at ``end``; ``claim(at, upto)``: how far
+    this process may read (it stops, at a line's start, where that is no further than ``at``)."""
     at, rest = fh.tell(), b""
     while at < end:
-        chunk = fh.read(min(_PIECE, end - at))
+        upto = min(at + _PIECE, end)
+        if claim is not None and (upto := claim(at, upto)) <= at:
+            break
+        chunk = fh.read(upto - at)
         if not chunk:   # the file shrank meanwhile
             break
         at += len(chunk)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bench.replay_bench import generate
 from pipeline import fold_state
 from pipeline.events import EventLog
@@ -306,14 +308,34 @@ def test_an_interrupted_full_replay_stops_the_state_writing_child_and_leaves_no_
         os.waitpid(-1, os.WNOHANG)
 
 
-def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("taking", ["as timed", "every piece"])
+def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, monkeypatch, taking):
+    """Also when the child, done with its part, takes many small pieces off the end of the other
+    process's part (read out of order: their bad lines listed, their duplicates found, as in
+    order), and when it takes them only while it would still be done first."""
     import os
-
-    import pytest
 
     from pipeline import fold_state
     from pipeline.events import EventLogError
 
+    if taking == "every piece":
+        monkeypatch.setattr(fold_state, "CHILD_SHARE", 0.2)
+        monkeypatch.setattr(fold_state, "STEAL_BYTES", 20_000)
+        monkeypatch.setattr(fold_state, "HANDOVER", -1e9)   # always worth it
+        monkeypatch.setattr(fold_state, "_PIECE", 8192)   # this process claims its part bit by bit,
+        claim, take, taken = fold_state._Split.claim, fold_state._Split.take, tmp_path / "taken"
+
+        def slow_claim(self, at, end):   # and slowly: the child is done first and takes pieces
+            time.sleep(0.002)
+            return claim(self, at, end)
+
+        def noted_take(self, choose):   # called in the forked replay: noted in a file
+            piece = take(self, choose)
+            with open(taken, "a") as fh:
+                fh.write("1" if piece else "")
+            return piece
+        monkeypatch.setattr(fold_state._Split, "claim", slow_claim)
+        monkeypatch.setattr(fold_state._Split, "take", noted_take)
     events = tmp_path / "events"
     generate(events, 3000, writers=4, seed=3)
     day = events / "2025-01-01"
@@ -345,6 +367,8 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
 
     one, two = both("plain")
     assert one == two and one[0].torn and one[0].events > 2500
+    if taking == "every piece":
+        assert len((tmp_path / "taken").read_text()) > 5
     assert b'\n2025-01-01T00:00:00.000001Z,draft,d_x,,,failed,,"Two\nlines, ""quoted""",false,' in one[2]["llm_calls"]
 
     # a copy of the first segment at the end: the duplicates are the second process's
@@ -420,8 +444,8 @@ def test_one_big_segment_is_read_by_two_processes_split_at_a_line(tmp_path, monk
         state.close()
     assert results[0] == results[1] and results[0][0].segments == 1
     text = segment.read_bytes()
-    cut, = map(int, cuts.read_text().split())
-    assert 0 < cut < len(text) and text[cut - 1:cut] == b"\n"
+    cut, *taken = map(int, cuts.read_text().split())   # where the child started, then took pieces
+    assert 0 < cut < len(text) and all(text[at - 1:at] == b"\n" for at in [cut, *taken] if at)
 
     # the next replay reads on from where both left off
     log = EventLog(events)
