@@ -25,9 +25,11 @@ scan and fold the last CHILD_SHARE of the log's bytes, then pieces off the end o
 part while it would still be done first (_Split), and save_state has one write the new state
 (and a table handed to it) while pipeline.replay writes the other tables.
 """
+import bisect
 import errno
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import marshal
@@ -483,11 +485,11 @@ def read_all(state, fold, stats, skip_bad) -> None:
         wanted -= sizes[split]
         split -= 1
     cut = _line_start(present[split], sizes[split] - int(wanted))   # segment `split` is shared at `cut`
-    bases = [sum(sizes[:i]) for i in range(len(sizes))]   # each segment's first byte, in the whole log
+    bases = list(itertools.accumulate(sizes, initial=0))   # each segment's first byte in the log, then its end
     meet = _Split(bases[split] + cut)
     later = segments[split:] if cut < sizes[split] else segments[split + 1:]
     job = Job.start(_read_part, events_dir, type(fold), later, split, cut if cut < sizes[split] else None,
-                    skip_bad, meet, segments, sizes)
+                    skip_bad, meet, segments, bases)
     try:
         seen = set()
         _read(state, fold, stats, skip_bad, segments[:split + 1], seen, False,
@@ -502,7 +504,7 @@ def read_all(state, fold, stats, skip_bad) -> None:
         job.abort()
         raise
     if part is None or not seen.isdisjoint(part[2]):
-        first = max(i for i, base in enumerate(bases) if base <= meet.limit)   # where this process stopped
+        first = bisect.bisect_right(bases, meet.limit, hi=len(segments)) - 1   # where this process stopped
         _read(state, fold, stats, skip_bad, segments[first:], seen, False)
         stats.segments = len(segments)
         return
@@ -564,10 +566,10 @@ class _Split:
         return taken[0] if taken else None
 
 
-def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet=None, every=(), sizes=()) -> tuple:
+def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet=None, every=(), bases=()) -> tuple:
     """read_all's child: ``segments`` (the first from byte ``start``, when not None) read into a new
     fold, then pieces taken off the end of the other process's part (``meet``, a _Split over the
-    log's ``every`` segment, of ``sizes``), exported with what read_all adds up; None when a piece taken
+    log's ``every`` segment, starting at ``bases``), exported with what read_all adds up; None when a piece taken
     held an event_id met before (read_all then reads this part itself, in order)."""
     part, stats, seen, state = fold_type(), ReadStats(), set(), FoldState.empty(events_dir)
     state.next_index = first_index   # the numbers these segments get in a one-process read
@@ -580,23 +582,23 @@ def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, me
         known[segments[0][1]] = (start, before.count(b"\n"))
         state.next_index += 1
     _read(state, part, stats, skip_bad, segments, seen, False)
-    if meet is not None and not _take_pieces(meet, state, part, stats, skip_bad, seen, every, sizes, known):
+    if meet is not None and not _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known):
         return None
     return part.export(), astuple(stats), list(seen), {rel: astuple(seg) for rel, seg in state.segments.items()}
 
 
-def _take_pieces(meet, state, part, stats, skip_bad, seen, every, sizes, known) -> bool:
+def _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known) -> bool:
     """_read_part's pieces off the end of the other process's part (_Split.take), each from a
     line's start and inside one segment, read with their true line numbers; their bad and torn
-    lines listed in the log's order. False when one held an event_id met before."""
-    bases = [sum(sizes[:i]) for i in range(len(sizes))]
-    read_bytes = sum(sizes) - meet.limit
+    lines listed in the log's order. False when one held an event_id met before. ``bases``: each
+    segment's first byte in the log, then the log's end."""
+    read_bytes = bases[-1] - meet.limit
     bad, torn, duplicates = stats.bad, stats.torn, stats.duplicates
 
     since = []   # (seconds, front) at the first choice: the other process's rate is taken from there on
 
     def choose(front, limit, elapsed):
-        i = max(j for j, base in enumerate(bases) if base < limit)   # the segment of the byte before limit
+        i = bisect.bisect_right(bases, limit - 1, hi=len(every)) - 1   # the segment of the byte before limit
         at = bases[i] + _line_start(every[i][0], max(limit - STEAL_BYTES, front, bases[i]) - bases[i])
         size = limit - at
         if size <= 0:
@@ -611,7 +613,7 @@ def _take_pieces(meet, state, part, stats, skip_bad, seen, every, sizes, known) 
 
     while (piece := meet.take(choose)) is not None:
         start, end = piece
-        i = max(j for j, base in enumerate(bases) if base <= start)
+        i = bisect.bisect_right(bases, start, hi=len(every)) - 1
         path, rel = every[i]
         a, b = start - bases[i], end - bases[i]
         with open(path, "rb") as fh:
@@ -625,7 +627,7 @@ def _take_pieces(meet, state, part, stats, skip_bad, seen, every, sizes, known) 
         stats.bad, stats.torn = [], []
         _read(state, part, stats, skip_bad, [(path, rel)], seen, False, stop=b)
         bad, torn = stats.bad + bad, stats.torn + torn   # this piece is before those read so far
-        if b < sizes[i]:   # the segment's summary is the one its end's read left
+        if b < bases[i + 1] - bases[i]:   # the segment's summary is the one its end's read left
             state.segments[rel] = before
         read_bytes += b - a
     stats.bad, stats.torn = bad, torn

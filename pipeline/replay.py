@@ -96,7 +96,7 @@ class _Gen:
         self.cohorts = _NO_COHORTS
         self.origin_key = self.origin = None   # the first generation_completed: creator cohort
         # positions of the events folded (their keys' last part: pipeline.fold_state), as 8-byte
-        # integers: marshalled as one bytes value, 1M of them took the state's child 0.4 s more as ints
+        # integers: marshalled as one bytes value (packing the 1M log's state: 0.37 s, as ints 1.04 s)
         self.keys = array("q")
 
 
@@ -466,9 +466,9 @@ def _score_totals(scores) -> tuple:
         if None in index:  # None cannot be sorted with text
             index = tuple(v or "" for v in index)
         score = float(s[_SCORE_AT])
-        column_cell = by_judge.get(judge(s))
+        column_cell = by_judge.get(who := judge(s))
         if column_cell is None:
-            column_cell = by_judge[judge(s)] = (_pivot_column(s), cells.setdefault(_model_template_cell(s), []))
+            column_cell = by_judge[who] = (_pivot_column(s), cells.setdefault(_model_template_cell(s), []))
         column = column_cell[0]
         column_cell[1].append(score)
         columns[column] = columns.get(column, 0) + 1
