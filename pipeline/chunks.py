@@ -200,7 +200,7 @@ def run(plan):
         ready = [r for r in todo if r["gen_id"] not in busy]
         held_back = False
         for start in range(0, len(ready), plan.chunk_size):
-            held_back |= _build([generation_task(r, plan.cohort_id, plan.run_id)
+            held_back |= _build([generation_task(r, plan.cohort_id, plan.run_id, paths)
                                  for r in ready[start:start + plan.chunk_size]], plan)
         if held_back:
             time.sleep(WAIT_POLL_S)
