@@ -334,11 +334,9 @@ def _calls_table(calls) -> tuple:
 def _call_lines(calls) -> list:
     """(ts, event_id, CSV line) for each (ts, event_id, row) of ``calls``."""
     rows = [row for _, _, row in calls]
-    text = _plain_lines(rows, len(COLUMNS["llm_calls"]))
-    if text is None:   # some value is quoted, perhaps over two lines: one row at a time
+    lines = _plain_lines(rows, len(COLUMNS["llm_calls"]), split=True)
+    if lines is None:   # some value is quoted, perhaps over two lines: one row at a time
         lines = [to_csv((), [row])[1:-1] for row in rows]
-    else:
-        lines = text.split("\n")[:-1]
     return [(ts, event_id, line) for (ts, event_id, _), line in zip(calls, lines)]
 
 
@@ -536,11 +534,12 @@ def csv_pieces(columns, rows):
         yield lines
 
 
-def _plain_lines(rows, width):
+def _plain_lines(rows, width, split=False):
     """What csv.writer writes for ``rows`` (tuples of ``width`` values) when no value needs
-    quoting, rendered in about half the time csv.writer takes; None when some value may need quoting."""
+    quoting, rendered in about half the time csv.writer takes; None when some value may need quoting.
+    ``split``: as a list of lines without their newlines (not one text split again)."""
     if not rows:
-        return ""
+        return [] if split else ""
     if width < 2 or set(map(len, rows)) != {width}:   # csv.writer quotes a lone empty field
         return None
     lines = _line_renderer(width)(rows)
@@ -550,6 +549,9 @@ def _plain_lines(rows, width):
     if (text.count(",") != len(rows) * (width - 1) or text.count("\n") != len(rows)
             or '"' in text or "\r" in text):
         return None
+    if split:
+        lines.pop()
+        return lines
     return text
 
 
