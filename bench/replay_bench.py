@@ -10,8 +10,8 @@ validation, duplicates; pipeline.events.scan_events) without folding it, (3) a f
 tables, and (4) after appending a few events, the incremental replay that reads only those.
 (3) minus (2) is what folding, the tables and the saved fold state cost.
 
-On a shared machine, ``--repeat N`` runs (1)-(3) N times, alternating, and reports the best of
-each. ``--log DIR`` times an existing log (a ``--keep`` dir's ``events``) instead of writing one,
+On a shared machine, ``--repeat N`` runs (1)-(3) N times, alternating, prints each round's floor,
+replay and ratio, and reports the best of each. ``--log DIR`` times an existing log (a ``--keep`` dir's ``events``) instead of writing one,
 so two checkouts can be compared on the same bytes; it skips (4), which would append to that log.
 ``main(argv)`` returns the numbers as a dict for bench/run_all.py.
 """
@@ -187,13 +187,18 @@ def main(argv=()) -> dict:
 
         # best wall and best CPU time of each step; CPU time is the steadier on a busy machine
         best = {step: [float("inf"), float("inf")] for step in ("floor", "check", "replay")}
-        value = {}
+        value, runs = {}, []
         for i in range(args.repeat):
+            walls = {}
             for step, fn, fn_args in (("floor", parse_floor, ()), ("check", read_checked, ()),
                                       # a fresh tables dir each time: every run writes every table
                                       ("replay", replay, (root / f"tables-{i}", False, True))):
-                wall, cpu, value[step] = _timed(fn, events_dir, *fn_args)
-                best[step] = [min(best[step][0], wall), min(best[step][1], cpu)]
+                walls[step], cpu, value[step] = _timed(fn, events_dir, *fn_args)
+                best[step] = [min(best[step][0], walls[step]), min(best[step][1], cpu)]
+            runs.append((walls["floor"], walls["replay"]))
+            if args.repeat > 1:   # each round's own ratio: how much the host moved between runs
+                print(f"run {i + 1}: floor {walls['floor']:.2f} s, full replay {walls['replay']:.2f} s "
+                      f"({walls['replay'] / walls['floor']:.2f}x)", flush=True)
         parsed, checked, stats = value.values()
         n = parsed if n is None else n
 
@@ -208,7 +213,8 @@ def main(argv=()) -> dict:
               "ratio_check_to_floor": round(check_s / floor_s, 2),
               "ratio_replay_to_floor": round(replay_s / floor_s, 2),
               "floor_cpu_s": round(floor_cpu, 3), "check_cpu_s": round(check_cpu, 3),
-              "replay_cpu_s": round(replay_cpu, 3), "ratio_replay_to_floor_cpu": round(replay_cpu / floor_cpu, 2)}
+              "replay_cpu_s": round(replay_cpu, 3), "ratio_replay_to_floor_cpu": round(replay_cpu / floor_cpu, 2),
+              "runs": [(round(f, 3), round(r, 3)) for f, r in runs]}
     print(f"events:            {n:,}" + (f" (best of {args.repeat} runs of each step)" if args.repeat > 1 else ""))
     print("                   wall      CPU")
     for label, wall, cpu in (("floor (read+json)", floor_s, floor_cpu), ("read + checks", check_s, check_cpu),
