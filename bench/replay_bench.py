@@ -11,8 +11,9 @@ tables, and (4) after appending a few events, the incremental replay that reads 
 (3) minus (2) is what folding, the tables and the saved fold state cost.
 
 On a shared machine, ``--repeat N`` runs (1)-(3) N times, alternating, prints each round's floor,
-replay and ratio, and reports the best of each. ``--log DIR`` times an existing log (a ``--keep`` dir's ``events``) instead of writing one,
-so two checkouts can be compared on the same bytes; it skips (4), which would append to that log.
+replay and ratio, and reports the best of each. ``--log DIR`` times an existing log (a ``--keep``
+dir's ``events``) instead of writing one, so two checkouts can be compared on the same bytes; it
+skips (4), which would append to that log.
 ``main(argv)`` returns the numbers as a dict for bench/run_all.py.
 """
 import argparse
