@@ -57,7 +57,7 @@ STATE_FILE = "_fold_state.sqlite"
 _OLD_STATE_FILES = ("_fold_state.marshal", "_cross_experiment_rows.marshal")
 _DIGEST = 32  # write_checked: a blake2b digest of the rest leads the file
 # Bump when the records, the event key or the reading rules change: old states are then ignored.
-VERSION = 5
+VERSION = 6
 # what a state was saved with: its positions are 8-byte integers in this machine's byte order
 _FORMAT = (VERSION, sys.byteorder)
 _EDGE = 64  # bytes at each end of a segment's folded part compared on each pass
@@ -123,7 +123,7 @@ class FoldState:
             found = dict(self.db.execute(f"SELECT n, v FROM shards WHERE n IN ({','.join('?' * len(chunk))})",
                                          chunk))
             for n in chunk:
-                self.shards[n] = _unpack(found[n]) if n in found else ({}, {})
+                self.shards[n] = _unpack_shard(found[n]) if n in found else ({}, {})
 
     def records(self, gen_ids) -> dict:
         """gen_id -> record for those of ``gen_ids`` that have one."""
@@ -172,7 +172,7 @@ class FoldState:
         """Write what changed, in the transaction open_state began."""
         db = self.db
         db.executemany("INSERT OR REPLACE INTO shards VALUES (?, ?)",
-                       [(n, _pack(self.shards[n])) for n in sorted(self.dirty)])
+                       [(n, _pack_shard(*self.shards[n])) for n in sorted(self.dirty)])
         db.executemany("INSERT OR REPLACE INTO cohorts VALUES (?, ?)",
                        [(repr(c), _pack(self.cohort_entries[c])) for c in sorted(self.dirty_cohorts, key=repr)])
         db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", _meta_rows(self))
@@ -203,6 +203,68 @@ def _unpack(blob):
         return marshal.loads(body)
     except (ValueError, EOFError, TypeError) as exc:   # another Python's marshal
         raise StateError(str(exc)) from None
+
+
+def _pack_shard(records, children) -> bytes:
+    """_pack of a shard's records (gen_id -> (positions: array("q") or None, listing)) and children
+    (parent -> gen_ids), in columns (_pack_columns)."""
+    return _pack_columns(list(records), [r[0] for r in records.values()], [r[1] for r in records.values()],
+                         list(children), list(children.values()))
+
+
+def _pack_columns(gen_ids, positions, listings, parents, kids) -> bytes:
+    """_pack of a shard given as columns: each text column joined into one str with its lengths,
+    the positions into one bytes: marshal then writes a few big values rather than an object per
+    record (the 1M log's state: 0.41 s against 0.70 s for records as dicts of tuples)."""
+    flat = [kid for some in kids for kid in some]
+    return _pack((_joined(gen_ids), _ints([-1 if p is None else len(p) for p in positions]),
+                  b"".join([p for p in positions if p is not None]), listings,
+                  _joined(parents), _ints(list(map(len, kids))), _joined(flat)))
+
+
+def _unpack_shard(blob) -> tuple:
+    """(records, children) from a _pack_shard or _pack_columns blob; StateError when damaged."""
+    try:
+        ids, counts, positions, listings, parents, kid_counts, kids = _unpack(blob)
+        kids = _split(*kids)
+        records, at = {}, 0
+        for gen_id, n, listing in zip(_split(*ids), _from_ints(counts), listings, strict=True):
+            if n < 0:
+                records[gen_id] = (None, listing)
+            else:
+                records[gen_id] = (array("q", positions[at:at + 8 * n]), listing)
+                at += 8 * n
+        children, at = {}, 0
+        for parent, n in zip(_split(*parents), _from_ints(kid_counts), strict=True):
+            children[parent] = kids[at:at + n]
+            at += n
+    except (ValueError, TypeError) as exc:
+        raise StateError(f"a damaged shard ({exc})") from None
+    return records, children
+
+
+def _ints(values) -> tuple:
+    """(typecode, bytes) of the list ``values``: one byte each when they fit (most lengths and counts)."""
+    code = "b" if -128 <= min(values, default=0) and max(values, default=0) < 128 else "q"
+    return code, array(code, values).tobytes()
+
+
+def _from_ints(ints) -> array:
+    code, data = ints
+    return array(code, data)
+
+
+def _joined(texts) -> tuple:
+    return "".join(texts), _ints(list(map(len, texts)))
+
+
+def _split(text, lengths) -> list:
+    """The texts _joined() joined."""
+    lengths = _from_ints(lengths)
+    ends = list(itertools.accumulate(lengths))
+    if (ends[-1] if ends else 0) != len(text):
+        raise ValueError("lengths do not add up")
+    return [text[end - n:end] for end, n in zip(ends, lengths)]
 
 
 _OFFSET_BITS = 40   # an event's position: its segment's index above the byte offset of its line
@@ -286,8 +348,9 @@ def open_state(tables_dir, events_dir):
 def save_state(tables_dir, n_records, parts, files=()) -> "PendingState":
     """Begin replacing the saved state. A forked child (the machine's other core) writes
     ``files`` - (path, function returning its text in pieces) pairs: tables the caller hands over,
-    written as fsio.write_pieces_if_changed writes them - and calls ``parts()`` - (records: (gen_id, record)
-    pairs, children: parent -> gen_ids, cohorts: cohort_id -> entry) for ``n_records`` records -
+    written as fsio.write_pieces_if_changed writes them - and calls ``parts()`` - (records: three lists, of gen_ids,
+    their positions and their listings; children: parent -> gen_ids; cohorts: cohort_id -> entry) for
+    ``n_records`` records -
     and writes them to a new file while this process goes on (pipeline.replay writes the other
     tables meanwhile); PendingState.finish(state, meta) then sets ``state.meta = meta()``, adds it
     and ``state``'s segments and puts the state in place, PendingState.abort() drops it."""
@@ -353,11 +416,17 @@ def spare_core() -> bool:
 
 
 def _write_records(tmp, mask, records, children, cohorts) -> None:
-    shards = [({}, {}) for _ in range(mask + 1)]
-    for gen_id, record in records:
-        shards[_shard(gen_id, mask)][0][gen_id] = record
+    # each shard's columns (_pack_columns): gen_ids, positions, listings, parents, their children
+    shards = [([], [], [], [], []) for _ in range(mask + 1)]
+    for gen_id, positions, listing in zip(*records, strict=True):
+        shard = shards[_shard(gen_id, mask)]
+        shard[0].append(gen_id)
+        shard[1].append(positions)
+        shard[2].append(listing)
     for parent, kids in children.items():
-        shards[_shard(parent, mask)][1][parent] = kids
+        shard = shards[_shard(parent, mask)]
+        shard[3].append(parent)
+        shard[4].append(kids)
     db = sqlite3.connect(tmp, isolation_level=None)
     try:
         db.execute("PRAGMA journal_mode = OFF")   # a new file, renamed into place when complete
@@ -366,7 +435,7 @@ def _write_records(tmp, mask, records, children, cohorts) -> None:
         for statement in _SCHEMA:
             db.execute(statement)
         db.executemany("INSERT INTO shards VALUES (?, ?)",
-                       ((n, _pack(shard)) for n, shard in enumerate(shards) if shard[0] or shard[1]))
+                       ((n, _pack_columns(*shard)) for n, shard in enumerate(shards) if shard[0] or shard[3]))
         db.executemany("INSERT INTO cohorts VALUES (?, ?)", ((repr(c), _pack(e)) for c, e in cohorts.items()))
         db.execute("COMMIT")
     finally:

@@ -661,15 +661,21 @@ def _replay_full_here(events_dir, tables_dir, skip_bad, keep=None) -> ReplayStat
 
 def _state_parts(fold, listings, members, lineage) -> tuple:
     """(records, children, cohorts) as pipeline.fold_state saves them, for pipeline.replay_delta;
-    records are (gen_id, (positions of its events, listing)) pairs: an incremental replay reads
-    the events back (fold_state.events_at), folds them again and calls saved_record()."""
+    records are three lists - gen_ids, the positions of their events, their listings: an
+    incremental replay reads the events back (fold_state.events_at), folds them again and calls
+    saved_record() with (positions, listing)."""
     get = listings.get
     # most generations are listed by one cohort their events name, with their events' lineage (so
     # not in members: _resolve): saved as the cohort_id alone, half the bytes of (cohort_id, key);
     # saved_record takes the key from the cohort's entry and the lineage from the events
-    records = [(gen_id, (g.keys, listing[0] if type(listing := get(gen_id)) is tuple and gen_id not in members
-                         else listing and _listing_dict(listing))) for gen_id, g in fold.gens.items()]
-    records += [(gen_id, (None, _listing_dict(listings[gen_id]))) for gen_id in listings.keys() - fold.gens.keys()]
+    gen_ids = list(fold.gens)
+    positions = [g.keys for g in fold.gens.values()]
+    listed = [listing[0] if type(listing := get(gen_id)) is tuple and gen_id not in members
+              else listing and _listing_dict(listing) for gen_id in gen_ids]
+    for gen_id in listings.keys() - fold.gens.keys():
+        gen_ids.append(gen_id)
+        positions.append(None)
+        listed.append(_listing_dict(listings[gen_id]))
 
     children = {}
     for gen_id, lin in lineage.items():
@@ -678,7 +684,7 @@ def _state_parts(fold, listings, members, lineage) -> tuple:
             children.setdefault(parent, []).append(gen_id)
     cohorts = {cohort_id: (key, list(listing), fold.cohort_events[cohort_id])
                for cohort_id, (key, listing) in fold.cohorts.items()}
-    return records, children, cohorts
+    return (gen_ids, positions, listed), children, cohorts
 
 
 _LINEAGE_AT = _Gen.__slots__.index("lineage")
