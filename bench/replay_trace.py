@@ -33,7 +33,7 @@ STEPS = {
     fold_state.PendingState: ("wait", "finish"),
     replay: ("_replay_full_answer", "_listings", "_resolve", "_tables", "_state_parts", "_call_lines",
              "write_pieces_if_changed"),
-    replay.Fold: ("export", "merge"),
+    replay.Fold: ("export", "from_export", "merge"),
     marshal: ("dumps", "loads"),
 }
 _START, _PID = time.perf_counter(), os.getpid()

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from .errors import StoreError
 from .events import ReadStats, _split_lines, iter_segments, scan_lines
-from .forked import ChildError, Job
+from .forked import Channel, ChildError, Job
 from .fsio import new_tmp, write_bytes_atomic, write_pieces_if_changed
 
 STATE_FILE = "_fold_state.sqlite"
@@ -66,7 +66,7 @@ GENS_PER_SHARD = 128   # now that records are small: fewer, bigger shards marsha
 PARALLEL_BYTES = 16 << 20
 # the child's part costs it a marshal.dumps and this process a loads and a merge: it starts with
 # less, then takes pieces of STEAL_BYTES off the end of this process's part while it would still be
-# done first, its hand-over (export and marshal: about HANDOVER of its reading time) included
+# done first, the pieces' hand-over (export and marshal: about HANDOVER of their reading time) included
 CHILD_SHARE = 0.34
 STEAL_BYTES = 4 << 20
 HANDOVER = 0.25
@@ -537,11 +537,14 @@ def read_all(state, fold, stats, skip_bad) -> None:
     """read_new from an empty ``state`` into ``fold`` (a pipeline.replay.Fold), with the same
     result; for a big log a forked child (the machine's other core) scans and folds the last
     CHILD_SHARE of the bytes meanwhile - the last segments and the end of one more, from a line's
-    start - then takes pieces off the end of this process's part while it would still finish
-    first (_Split), and hands its fold over (Fold.export/merge). Whenever the child's part cannot
-    simply be merged - it failed (a bad line: this process then raises the same error), it holds
-    an event_id of this process's part, or one twice among the pieces it took (read out of order, it
-    may have kept the later) - this process reads that part itself."""
+    start - and sends that fold (Fold.export) while this process still reads; then it takes pieces
+    off the end of this process's part while it would still finish first (_Split), and hands their
+    fold over too. This process rebuilds the first (Fold.from_export) between two of its own
+    pieces, so that only the pieces' fold is left to rebuild once it is done; it merges the three
+    in the log's order at the end. Whenever the child's part cannot simply be merged - it failed (a
+    bad line: this process then raises the same error), it holds an event_id of this process's
+    part, or one twice among the pieces it took (read out of order, it may have kept the later) -
+    this process reads that part itself."""
     events_dir = Path(state.events_dir)
     present = iter_segments(events_dir)
     segments = [(p, p.relative_to(events_dir).as_posix()) for p in present]
@@ -557,13 +560,25 @@ def read_all(state, fold, stats, skip_bad) -> None:
     bases = list(itertools.accumulate(sizes, initial=0))   # each segment's first byte in the log, then its end
     meet = _Split(bases[split] + cut)
     later = segments[split:] if cut < sizes[split] else segments[split + 1:]
+    channel = Channel()
     job = Job.start(_read_part, events_dir, type(fold), later, split, cut if cut < sizes[split] else None,
-                    skip_bad, meet, segments, bases)
+                    skip_bad, meet, segments, bases, channel, channel=channel)
+    first_part = []   # the child's first fold, rebuilt here (None: the child failed before sending it)
+
+    def claim(i, at, end):
+        if not first_part and channel.ready():
+            try:
+                first_part.append(type(fold).from_export(channel.receive()))
+            except EOFError:   # the child failed: job.result() raises its error
+                first_part.append(None)
+        return meet.claim(bases[i] + at, bases[i] + end) - bases[i]
+
     try:
         seen = set()
-        _read(state, fold, stats, skip_bad, segments[:split + 1], seen, False,
-              claim=lambda i, at, end: meet.claim(bases[i] + at, bases[i] + end) - bases[i])
+        _read(state, fold, stats, skip_bad, segments[:split + 1], seen, False, claim=claim)
         part = job.result()
+        if not first_part:
+            first_part.append(type(fold).from_export(channel.receive()))
     except Exception:   # the part's failure: this process reads it itself and meets it too
         if job.pid is not None:   # this process's own read failed
             job.abort()
@@ -572,13 +587,16 @@ def read_all(state, fold, stats, skip_bad) -> None:
     except BaseException:
         job.abort()
         raise
+    finally:
+        channel.close()
     if part is None or not seen.isdisjoint(part[2]):
         first = bisect.bisect_right(bases, meet.limit, hi=len(segments)) - 1   # where this process stopped
         _read(state, fold, stats, skip_bad, segments[first:], seen, False)
         stats.segments = len(segments)
         return
     exported, (_, lines, events, duplicates, torn, bad, unknown_types), _, part_segments = part
-    fold.merge(exported)
+    fold.merge(type(fold).from_export(exported))   # the pieces: after this process's part, before the first
+    fold.merge(first_part[0])
     stats.segments = len(segments)   # each read by one process or the two
     stats.lines += lines
     stats.events += events
@@ -635,10 +653,12 @@ class _Split:
         return taken[0] if taken else None
 
 
-def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet=None, every=(), bases=()) -> tuple:
+def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet=None, every=(), bases=(),
+               channel=None) -> tuple:
     """read_all's child: ``segments`` (the first from byte ``start``, when not None) read into a new
-    fold, then pieces taken off the end of the other process's part (``meet``, a _Split over the
-    log's ``every`` segment, starting at ``bases``), exported with what read_all adds up; None when a piece taken
+    fold, sent through ``channel`` (when given: the rest goes into a new fold), then pieces taken
+    off the end of the other process's part (``meet``, a _Split over the log's ``every`` segment,
+    starting at ``bases``): the fold exported with what read_all adds up; None when a piece taken
     held an event_id met before (read_all then reads this part itself, in order)."""
     part, stats, seen, state = fold_type(), ReadStats(), set(), FoldState.empty(events_dir)
     state.next_index = first_index   # the numbers these segments get in a one-process read
@@ -651,6 +671,9 @@ def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, me
         known[segments[0][1]] = (start, before.count(b"\n"))
         state.next_index += 1
     _read(state, part, stats, skip_bad, segments, seen, False)
+    if channel is not None:
+        channel.send(part.export())
+        part = fold_type()
     if meet is not None and not _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known):
         return None
     return part.export(), astuple(stats), list(seen), {rel: astuple(seg) for rel, seg in state.segments.items()}
@@ -662,6 +685,7 @@ def _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known) 
     lines listed in the log's order. False when one held an event_id met before. ``bases``: each
     segment's first byte in the log, then the log's end."""
     read_bytes = bases[-1] - meet.limit
+    taken = 0   # bytes of the pieces: their fold is handed over at the end
     bad, torn, duplicates = stats.bad, stats.torn, stats.duplicates
 
     since = []   # (seconds, front) at the first choice: the other process's rate is taken from there on
@@ -677,7 +701,7 @@ def _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known) 
         then, was = since[0]
         # its later segments may be slower than its first: its recent rate once there is one
         rate = (front - was) / (elapsed - then) if elapsed - then >= 0.5 and front > was else front / elapsed
-        mine = (size + HANDOVER * (read_bytes + size)) / (read_bytes / elapsed)   # this piece and the hand-over
+        mine = (size + HANDOVER * (taken + size)) / (read_bytes / elapsed)   # this piece and the hand-over
         return at if not rate or mine <= (limit - front - size) / rate else None
 
     while (piece := meet.take(choose)) is not None:
@@ -699,6 +723,7 @@ def _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known) 
         if b < bases[i + 1] - bases[i]:   # the segment's summary is the one its end's read left
             state.segments[rel] = before
         read_bytes += b - a
+        taken += b - a
     stats.bad, stats.torn = bad, torn
     return stats.duplicates == duplicates
 

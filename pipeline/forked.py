@@ -6,6 +6,10 @@
     6
     >>> job.abort()                        # or: stop the child and reap it
 
+    >>> channel = Channel()                # messages while the child runs, both ways
+    >>> job = Job.start(work, channel, channel=channel)    # work() calls channel.send(early_part)
+    >>> if channel.ready(): early_part = channel.receive()  # without waiting; receive() waits
+
 The answer travels as marshal (builtins only: fast for big folds), an exception as pickle, through
 an in-memory file rather than a pipe: the child writes it all as soon as it is done, whether or not
 this process is reading yet. A child never returns into the caller's code, never runs exit
@@ -18,7 +22,9 @@ import marshal
 import mmap
 import os
 import pickle
+import select
 import signal
+import socket
 import tempfile
 
 from .errors import PipelineError
@@ -34,8 +40,9 @@ class Job:
         self.pid, self.answer, self.ready = pid, answer, ready
 
     @classmethod
-    def start(cls, fn, *args) -> "Job":
-        """Run ``fn(*args)`` in a forked child; its value must be marshal-able."""
+    def start(cls, fn, *args, channel=None) -> "Job":
+        """Run ``fn(*args)`` in a forked child; its value must be marshal-able. ``channel``: a
+        Channel the child and this process then talk through."""
         answer, parent = _memory_file(), os.getpid()
         ready, said = os.pipe()   # a byte once the answer is whole; nothing if the child ends first
         try:
@@ -45,6 +52,8 @@ class Job:
             os.close(ready)
             os.close(said)
             raise
+        if channel is not None:
+            channel._keep(pid == 0)
         if pid == 0:   # the child
             code = 1
             try:
@@ -108,6 +117,45 @@ class Job:
         _, status = os.waitpid(self.pid, 0)   # retried on EINTR (PEP 475)
         self.pid = None
         return status
+
+
+class Channel:
+    """Messages (marshal-able values) between this process and a child Job.start forks, both
+    ways. Each is written whole into an in-memory file whose descriptor is passed over a socket,
+    so a sender never waits for the reader however big the message."""
+
+    def __init__(self):
+        self._ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._end = None
+
+    def _keep(self, child) -> None:
+        """After the fork: keep this side's end, close the other's (so a side that ends is seen)."""
+        mine, other = self._ends if child else self._ends[::-1]
+        other.close()
+        self._end = mine
+
+    def send(self, value) -> None:
+        with _memory_file() as message:
+            message.write(marshal.dumps(value))
+            message.flush()
+            socket.send_fds(self._end, [b"m"], [message.fileno()])
+
+    def ready(self) -> bool:
+        """Whether receive() would return (or fail) at once: a message, or the other side's end, waits."""
+        return bool(select.select([self._end], [], [], 0)[0])
+
+    def receive(self):
+        """The next message; EOFError when the other side ended (or closed) before sending it."""
+        data, fds, _, _ = socket.recv_fds(self._end, 1, 1)
+        if not data or not fds:
+            raise EOFError("the other process ended before it answered")
+        with open(fds[0], "rb") as message, \
+                mmap.mmap(message.fileno(), 0, access=mmap.ACCESS_READ) as body, memoryview(body) as view:
+            return marshal.loads(view)
+
+    def close(self) -> None:
+        for end in self._ends:
+            end.close()
 
 
 # glibc's mallopt parameters (malloc.h)

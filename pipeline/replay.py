@@ -105,7 +105,7 @@ _VALUES = attrgetter(*_Gen.__slots__)
 
 def _gen_from(values):
     """The _Gen whose _VALUES are ``values``. One assignment to every slot, in __slots__ order:
-    Fold.merge makes one per generation of the other fold, and a setattr loop cost 6x as much."""
+    Fold.from_export makes one per generation of the other fold, and a setattr loop cost 6x as much."""
     g = _Gen.__new__(_Gen)
     (g.stage, g.status_key, g.status, g.lineage, g.done_key, g.done, g.reused_ts, g.parse_key, g.parse,
      g.error, g.cohorts, g.origin_key, g.origin, g.keys) = values
@@ -124,7 +124,7 @@ class Fold:
         self.gens = {}      # gen_id -> _Gen
         self.cohorts = {}   # cohort_id -> (key, its _listing): the latest cohort_built defines membership
         self.calls = []     # (ts, event_id, row)
-        self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merge()'s, rendered there
+        self.call_lines = []   # (ts, event_id, its llm_calls.csv line): merged, rendered by another process
         self.cohort_events = {}  # cohort_id -> event_ids of its cohort_built events
         self.pool = {}         # value -> the one copy of it the fold keeps (add's pool)
         self.one_cohort = {}   # cohort_id -> the frozenset of it alone, shared by its generations
@@ -206,43 +206,38 @@ class Fold:
         return self
 
     def export(self) -> tuple:
-        """The fold as builtins (marshal), for merge(); its calls rendered as CSV lines (the
+        """The fold as builtins (marshal), for from_export(); its calls rendered as CSV lines (the
         exporting process has the time: a line is also cheaper to marshal than its row)."""
         return ({gen_id: _VALUES(g) for gen_id, g in self.gens.items()}, self.cohorts,
                 self.call_lines + _call_lines(self.calls), self.cohort_events)
 
-    def merge(self, exported) -> "Fold":
-        """Fold in another fold's export(), as if its events, all later in file order than this
-        fold's (pipeline.fold_state.read_all), had been added here; its calls go to call_lines."""
+    @classmethod
+    def from_export(cls, exported) -> "Fold":
+        """The fold another process export()ed (its calls in call_lines), to merge()."""
         gens_values, cohorts, call_lines, cohort_events = exported
+        fold = cls()
+        fold.gens = {gen_id: _gen_from(values) for gen_id, values in gens_values.items()}
+        fold.cohorts, fold.call_lines, fold.cohort_events = cohorts, call_lines, cohort_events
+        return fold
+
+    def merge(self, other) -> "Fold":
+        """Fold in ``other``, a from_export() fold, as if its events, all later in file order than
+        this fold's (pipeline.fold_state.read_all), had been added here; its objects become this
+        fold's."""
         gens = self.gens
-        for gen_id, values in gens_values.items():
+        for gen_id, o in other.gens.items():
             g = gens.get(gen_id)
             if g is None:
-                gens[gen_id] = _gen_from(values)
-                continue
-            o = _gen_from(values)
-            if o.status_key > g.status_key:
-                g.status_key, g.status, g.lineage = o.status_key, o.status, o.lineage
-                if o.status == "failed":
-                    g.error = o.error
-            if o.done_key > g.done_key:
-                g.done_key, g.done = o.done_key, o.done
-            if o.reused_ts is not None and (g.reused_ts is None or o.reused_ts > g.reused_ts):
-                g.reused_ts = o.reused_ts
-            if o.parse_key > g.parse_key:
-                g.parse_key, g.parse = o.parse_key, o.parse
-            if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
-                g.origin_key, g.origin = o.origin_key, o.origin
-            g.cohorts = g.cohorts | o.cohorts   # never in place: a set may be shared
-            g.keys += o.keys
-        for cohort_id, (key, ev) in cohorts.items():
+                gens[gen_id] = o
+            else:
+                _merged(g, o)
+        for cohort_id, (key, ev) in other.cohorts.items():
             current = self.cohorts.get(cohort_id)
             if current is None or key > current[0]:
                 self.cohorts[cohort_id] = (key, ev)
-        for cohort_id, ids in cohort_events.items():
+        for cohort_id, ids in other.cohort_events.items():
             self.cohort_events.setdefault(cohort_id, []).extend(ids)
-        self.call_lines += call_lines
+        self.call_lines += other.call_lines
         return self
 
     def tables(self) -> dict:
@@ -250,6 +245,25 @@ class Fold:
         # the state is left as it is: more events may be folded into it after this
         tables, _ = _tables(*_resolve(self.gens, _listings(self.cohorts)))
         return {**tables, "llm_calls": _calls_table(self.calls)}
+
+
+def _merged(g, o) -> _Gen:
+    """``g`` with ``o`` folded in: the same generation, ``o``'s events later in file order."""
+    if o.status_key > g.status_key:
+        g.status_key, g.status, g.lineage = o.status_key, o.status, o.lineage
+        if o.status == "failed":
+            g.error = o.error
+    if o.done_key > g.done_key:
+        g.done_key, g.done = o.done_key, o.done
+    if o.reused_ts is not None and (g.reused_ts is None or o.reused_ts > g.reused_ts):
+        g.reused_ts = o.reused_ts
+    if o.parse_key > g.parse_key:
+        g.parse_key, g.parse = o.parse_key, o.parse
+    if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
+        g.origin_key, g.origin = o.origin_key, o.origin
+    g.cohorts = g.cohorts | o.cohorts   # never in place: a set may be shared
+    g.keys += o.keys
+    return g
 
 
 def _resolve(fold_gens, listings) -> tuple:
