@@ -64,3 +64,28 @@ def test_a_worker_keeping_freed_memory_makes_a_big_buffer_again_without_page_fau
     pages = (16 << 20) // resource.getpagesize()
     assert Job.start(_faults_of_a_buffer_made_again, False).result() > pages // 2   # glibc's default
     assert Job.start(_faults_of_a_buffer_made_again, True).result() < pages // 20
+
+
+def test_a_channel_carries_big_messages_both_ways_and_tells_when_the_child_is_gone():
+    from pipeline.forked import Channel
+
+    channel = Channel()
+
+    def child(channel):
+        channel.send({f"g{i}": "x" * 40 for i in range(50_000)})   # far over a socket's buffer: no wait
+        question = channel.receive()
+        channel.send(sorted(question))
+        return "done"
+
+    job = Job.start(child, channel, channel=channel)
+    first = channel.receive()
+    assert len(first) == 50_000 and first["g7"] == "x" * 40
+    assert not channel.ready()   # the child waits for the question
+    channel.send({"b", "a"})
+    assert channel.receive() == ["a", "b"]
+    assert job.result() == "done"
+    assert channel.ready()   # the child's end is closed: receive() would not wait
+    with pytest.raises(EOFError):
+        channel.receive()
+    channel.close()
+    assert no_child_left()
