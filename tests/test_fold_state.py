@@ -389,6 +389,30 @@ def test_a_full_replay_read_by_two_processes_equals_one_read_by_one(tmp_path, mo
             replay(events, tmp_path / "bad", full=True)
 
 
+def test_a_child_that_fails_after_sending_its_first_part_has_its_part_read_again(tmp_path, monkeypatch):
+    """The reading child sends the fold of its first part while the replay still reads; when it
+    fails after that (here: while taking pieces), the replay drops that fold and reads the part
+    itself: the tables and counts equal a one-process read's, and no child is left."""
+    import os
+
+    events = tmp_path / "events"
+    generate(events, 3000, writers=4, seed=5)
+    monkeypatch.setattr(fold_state, "PARALLEL_BYTES", 0)
+    results = []
+    for spare in (False, True):
+        monkeypatch.setattr(fold_state, "spare_core", lambda: spare)
+        if spare:
+            def failing(*args):   # called in the forked child, after its first part went out
+                raise RuntimeError("the child broke while taking pieces")
+            monkeypatch.setattr(fold_state, "_take_pieces", failing)
+        tables = tmp_path / f"tables-{spare}"
+        stats = replay(events, tables, full=True)
+        results.append((stats.read, stats.rows, {n: (tables / f"{n}.csv").read_bytes() for n in TABLES}))
+    assert results[0] == results[1] and results[0][0].events > 2500
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
 def test_a_bad_line_just_before_the_split_is_an_error_not_a_torn_write(tmp_path, monkeypatch):
     """The line before the byte where the child starts is whole (the split is at a line's start):
     a malformed one there is the same error, or the same skipped bad line, as in a one-process read,
