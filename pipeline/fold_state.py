@@ -653,13 +653,12 @@ class _Split:
         return taken[0] if taken else None
 
 
-def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet=None, every=(), bases=(),
-               channel=None) -> tuple:
+def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, meet, every, bases, channel) -> tuple:
     """read_all's child: ``segments`` (the first from byte ``start``, when not None) read into a new
-    fold, sent through ``channel`` (when given: the rest goes into a new fold), then pieces taken
-    off the end of the other process's part (``meet``, a _Split over the log's ``every`` segment,
-    starting at ``bases``): the fold exported with what read_all adds up; None when a piece taken
-    held an event_id met before (read_all then reads this part itself, in order)."""
+    fold, sent through ``channel``, then pieces taken off the end of the other process's part
+    (``meet``, a _Split over the log's ``every`` segment, starting at ``bases``) into another: that
+    fold exported with what read_all adds up; None when a piece taken held an event_id met before
+    (read_all then reads this part itself, in order)."""
     part, stats, seen, state = fold_type(), ReadStats(), set(), FoldState.empty(events_dir)
     state.next_index = first_index   # the numbers these segments get in a one-process read
     known = {}   # relative path -> (offset, newlines before it) of the first byte this process read
@@ -671,10 +670,9 @@ def _read_part(events_dir, fold_type, segments, first_index, start, skip_bad, me
         known[segments[0][1]] = (start, before.count(b"\n"))
         state.next_index += 1
     _read(state, part, stats, skip_bad, segments, seen, False)
-    if channel is not None:
-        channel.send(part.export())
-        part = fold_type()
-    if meet is not None and not _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known):
+    channel.send(part.export())
+    part = fold_type()
+    if not _take_pieces(meet, state, part, stats, skip_bad, seen, every, bases, known):
         return None
     return part.export(), astuple(stats), list(seen), {rel: astuple(seg) for rel, seg in state.segments.items()}
 

@@ -80,11 +80,8 @@ class Job:
         try:
             kind = value = None
             if os.read(self.ready, 1):
-                # read in place: a copy of a big answer costs as much as a third of loading it
-                with mmap.mmap(self.answer.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
-                    kind = data[:1]
-                    with view[1:] as body:
-                        value = (marshal if kind == b"v" else pickle).loads(body)
+                kind = os.pread(self.answer.fileno(), 1, 0)
+                value = _loaded(self.answer.fileno(), marshal.loads if kind == b"v" else pickle.loads, 1)
             self._close()
             status = self._wait()   # after the loads: the child's exit (freeing its memory) overlaps it
         except BaseException:
@@ -149,9 +146,8 @@ class Channel:
         data, fds, _, _ = socket.recv_fds(self._end, 1, 1)
         if not data or not fds:
             raise EOFError("the other process ended before it answered")
-        with open(fds[0], "rb") as message, \
-                mmap.mmap(message.fileno(), 0, access=mmap.ACCESS_READ) as body, memoryview(body) as view:
-            return marshal.loads(view)
+        with open(fds[0], "rb") as message:
+            return _loaded(message.fileno(), marshal.loads)
 
     def close(self) -> None:
         for end in self._ends:
@@ -183,6 +179,13 @@ def _memory_file():
         return os.fdopen(os.memfd_create("forked-answer", os.MFD_CLOEXEC), "w+b")
     except (AttributeError, OSError):
         return tempfile.TemporaryFile()
+
+
+def _loaded(fd, loads, start=0):
+    """``loads`` of file ``fd``'s bytes from ``start``, read in place: a copy of a big answer costs
+    as much as a third of loading it."""
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view, view[start:] as body:
+        return loads(body)
 
 
 def _pickled(exc) -> bytes:

@@ -229,8 +229,21 @@ class Fold:
             g = gens.get(gen_id)
             if g is None:
                 gens[gen_id] = o
-            else:
-                _merged(g, o)
+                continue
+            if o.status_key > g.status_key:
+                g.status_key, g.status, g.lineage = o.status_key, o.status, o.lineage
+                if o.status == "failed":
+                    g.error = o.error
+            if o.done_key > g.done_key:
+                g.done_key, g.done = o.done_key, o.done
+            if o.reused_ts is not None and (g.reused_ts is None or o.reused_ts > g.reused_ts):
+                g.reused_ts = o.reused_ts
+            if o.parse_key > g.parse_key:
+                g.parse_key, g.parse = o.parse_key, o.parse
+            if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
+                g.origin_key, g.origin = o.origin_key, o.origin
+            g.cohorts = g.cohorts | o.cohorts   # never in place: a set may be shared
+            g.keys += o.keys
         for cohort_id, (key, ev) in other.cohorts.items():
             current = self.cohorts.get(cohort_id)
             if current is None or key > current[0]:
@@ -245,25 +258,6 @@ class Fold:
         # the state is left as it is: more events may be folded into it after this
         tables, _ = _tables(*_resolve(self.gens, _listings(self.cohorts)))
         return {**tables, "llm_calls": _calls_table(self.calls)}
-
-
-def _merged(g, o) -> _Gen:
-    """``g`` with ``o`` folded in: the same generation, ``o``'s events later in file order."""
-    if o.status_key > g.status_key:
-        g.status_key, g.status, g.lineage = o.status_key, o.status, o.lineage
-        if o.status == "failed":
-            g.error = o.error
-    if o.done_key > g.done_key:
-        g.done_key, g.done = o.done_key, o.done
-    if o.reused_ts is not None and (g.reused_ts is None or o.reused_ts > g.reused_ts):
-        g.reused_ts = o.reused_ts
-    if o.parse_key > g.parse_key:
-        g.parse_key, g.parse = o.parse_key, o.parse
-    if o.origin_key is not None and (g.origin_key is None or o.origin_key < g.origin_key):
-        g.origin_key, g.origin = o.origin_key, o.origin
-    g.cohorts = g.cohorts | o.cohorts   # never in place: a set may be shared
-    g.keys += o.keys
-    return g
 
 
 def _resolve(fold_gens, listings) -> tuple:
